@@ -1,0 +1,104 @@
+// errors.ts: every failure the proxy reports, as classes with status and code, and the one
+// function that turns them into a response body (SPEC "Errors").
+
+export type ErrorCode =
+  | 'invalid_request'
+  | 'unauthorized'
+  | 'bad_signature'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'request_id_conflict'
+  | 'stream_expired'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'rate_limited'
+  | 'internal_error'
+  | 'upstream_error'
+  | 'upstream_auth_failed'
+  | 'upstream_insufficient_balance'
+  | 'upstream_protocol_error'
+  | 'upstream_unavailable'
+  | 'overloaded'
+  | 'shutting_down'
+  | 'upstream_timeout'
+  | 'upstream_connect_timeout'
+  | 'upstream_headers_timeout'
+  | 'upstream_idle_timeout'
+  | 'stream_duration_exceeded'
+  | 'upstream_cut_off'
+  | 'upstream_reset';
+
+export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
+  invalid_request: 400,
+  unauthorized: 401,
+  bad_signature: 403,
+  not_found: 404,
+  method_not_allowed: 405,
+  request_id_conflict: 409,
+  stream_expired: 410,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  rate_limited: 429,
+  internal_error: 500,
+  upstream_error: 502,
+  upstream_auth_failed: 502,
+  upstream_insufficient_balance: 502,
+  upstream_protocol_error: 502,
+  upstream_reset: 502,
+  upstream_cut_off: 502,
+  upstream_unavailable: 503,
+  overloaded: 503,
+  shutting_down: 503,
+  upstream_timeout: 504,
+  upstream_connect_timeout: 504,
+  upstream_headers_timeout: 504,
+  upstream_idle_timeout: 504,
+  stream_duration_exceeded: 504,
+};
+
+export interface ProxyErrorOptions {
+  /** Seconds for a `Retry-After` header (429, 503). */
+  retryAfterS?: number;
+  /** Upstream HTTP status, when the error came from one. */
+  upstreamStatus?: number;
+  /** Extra fields for the JSON body (already safe to show). */
+  details?: Record<string, unknown>;
+  cause?: unknown;
+}
+
+/**
+ * A failure with a status and a code. Its message is always safe to show a client: it never
+ * carries the upstream key, a stack or a raw upstream body.
+ */
+export class ProxyError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly retryAfterS: number | undefined;
+  readonly upstreamStatus: number | undefined;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options: ProxyErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ProxyError';
+    this.code = code;
+    this.status = STATUS_OF[code];
+    this.retryAfterS = options.retryAfterS;
+    this.upstreamStatus = options.upstreamStatus;
+    this.details = options.details;
+  }
+}
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; requestId?: string } & Record<string, unknown>;
+}
+
+/** The SPEC's JSON error body. */
+export function errorBody(err: ProxyError, requestId?: string): ErrorBody {
+  return { error: { ...err.details, code: err.code, message: err.message, requestId } };
+}
+
+/** Anything thrown, as a ProxyError; unknown exceptions become a bland 500 (no stack, no text). */
+export function asProxyError(err: unknown): ProxyError {
+  if (err instanceof ProxyError) return err;
+  return new ProxyError('internal_error', 'internal error', { cause: err });
+}

@@ -1,0 +1,59 @@
+// middleware/errors.ts: the last handlers. Unknown routes get 404, known routes with the wrong
+// method 405, and every error (body-parser's included) becomes the SPEC's JSON shape.
+
+import type { NextFunction, Request, Response } from 'express';
+import { ProxyError, asProxyError, errorBody } from '../errors';
+import type { Logger } from '../log';
+
+export function notFound(req: Request, _res: Response, next: NextFunction): void {
+  next(new ProxyError('not_found', `no route for ${req.method} ${req.path}`));
+}
+
+export function methodNotAllowed(allowed: string[]) {
+  const allow = allowed.join(', ');
+  return (req: Request, res: Response, next: NextFunction): void => {
+    res.setHeader('Allow', allow);
+    next(new ProxyError('method_not_allowed', `${req.method} is not allowed here; use ${allow}`));
+  };
+}
+
+/** body-parser and raw-body errors carry `type`; map the ones a client can cause. */
+function fromBodyParser(err: unknown): ProxyError | undefined {
+  const type = (err as { type?: unknown } | null)?.type;
+  switch (type) {
+    case 'entity.parse.failed':
+      return new ProxyError('invalid_request', 'the body is not valid JSON');
+    case 'entity.too.large':
+      return new ProxyError('payload_too_large', 'the body is larger than MAX_BODY_BYTES');
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return new ProxyError('unsupported_media_type', 'unsupported body encoding or charset');
+    case 'request.aborted':
+    case 'request.size.invalid':
+    case 'stream.encoding.set':
+      return new ProxyError('invalid_request', 'the body could not be read');
+    default:
+      return undefined;
+  }
+}
+
+export function errorHandler(log: Logger) {
+  return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
+    const e = fromBodyParser(err) ?? asProxyError(err);
+    const requestId = res.locals.requestId as string | undefined;
+    if (e.code === 'internal_error')
+      log.error({ requestId, err: describe(err) }, 'unhandled error');
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    if (e.retryAfterS !== undefined) res.setHeader('Retry-After', String(e.retryAfterS));
+    res.status(e.status).json(errorBody(e, requestId));
+  };
+}
+
+/** Enough of an unknown error to debug it, without config objects that may hold headers. */
+function describe(err: unknown): Record<string, unknown> {
+  if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
+  return { value: String(err) };
+}

@@ -1,0 +1,84 @@
+// server.ts: the only listener. config -> (simulator when there is no key) -> app -> listen,
+// then graceful shutdown on SIGTERM/SIGINT: readiness fails, new streams are refused, active
+// ones get SHUTDOWN_GRACE_MS to finish, the rest end with an in-band `shutting_down` error.
+
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import dotenv from 'dotenv';
+import { createApp } from './app';
+import { ConfigError, loadConfig, type Config } from './config';
+import { createLogger } from './log';
+import { startSimulator, type Simulator } from './simulator/server';
+
+async function main(): Promise<void> {
+  if (fs.existsSync('.env')) dotenv.config({ quiet: true } as dotenv.DotenvConfigOptions);
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`deepseek-stream-proxy: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel);
+
+  let simulator: Simulator | undefined;
+  if (config.useSimulator) {
+    simulator = await startSimulator({ tokenDelayMs: config.simulatorTokenDelayMs });
+    config = Object.freeze({ ...config, deepseekBaseUrl: simulator.url });
+    log.warn(
+      { simulator: simulator.url },
+      'DEEPSEEK_API_KEY is not set: answers come from the built-in DeepSeek simulator, not DeepSeek',
+    );
+  }
+
+  const app = createApp(config, { logger: log });
+  const server =
+    config.tlsCertFile && config.tlsKeyFile
+      ? https.createServer(
+          { cert: fs.readFileSync(config.tlsCertFile), key: fs.readFileSync(config.tlsKeyFile) },
+          app,
+        )
+      : http.createServer(app);
+  // Streams may be quiet for a long time during reasoning; never let Node cut them.
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = 65_000;
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, resolve);
+  });
+  const port = (server.address() as AddressInfo).port;
+  log.info({ port, host: config.host, simulator: Boolean(simulator) }, 'listening');
+  process.send?.('ready'); // PM2 wait_ready
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal, activeStreams: app.service.active.size }, 'shutting down');
+    server.close();
+    await app.service.drain(config.shutdownGraceMs);
+    // Give the in-band errors a moment to flush, then drop idle keep-alive sockets.
+    await new Promise((r) => setTimeout(r, 100));
+    server.closeAllConnections();
+    app.close();
+    await simulator?.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('unhandledRejection', (err) => {
+    log.error(
+      { err: err instanceof Error ? { message: err.message, stack: err.stack } : String(err) },
+      'unhandled rejection',
+    );
+  });
+}
+
+void main();

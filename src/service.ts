@@ -1,0 +1,135 @@
+// service.ts: the chat service. Builds one ChatStream per request from the shared upstream
+// client and settings, enforces the global stream cap and draining, tracks active streams for
+// shutdown, and writes the one log line per finished stream.
+
+import type { Config } from './config';
+import { ProxyError } from './errors';
+import type { Logger } from './log';
+import { ChatStream, type EngineSettings, type StreamListener } from './stream/chat-stream';
+import type { UpstreamClient } from './upstream/client';
+import type { UpstreamBody } from './upstream/request';
+
+export interface StreamMeta {
+  requestId: string;
+  route: string;
+  format: string;
+  model: string;
+  /** Filled in by the response side when the stream ends. */
+  bytesOut?: () => number;
+  status?: () => number;
+}
+
+export function engineSettings(c: Config): EngineSettings {
+  return {
+    retryMax: c.retryMax,
+    retryBaseDelayMs: c.retryBaseDelayMs,
+    retryMaxDelayMs: c.retryMaxDelayMs,
+    retryAfterMaxMs: c.retryAfterMaxMs,
+    headersTimeoutMs: c.headersTimeoutMs,
+    idleTimeoutMs: c.idleTimeoutMs,
+    streamMaxDurationMs: c.streamMaxDurationMs,
+    upstreamResumeMax: c.upstreamResumeMax,
+    maxEventBytes: c.maxEventBytes,
+  };
+}
+
+export class ChatService {
+  readonly active = new Set<ChatStream>();
+  draining = false;
+  private readonly settings: EngineSettings;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly config: Config,
+    readonly client: UpstreamClient,
+    private readonly log: Logger,
+  ) {
+    this.settings = engineSettings(config);
+  }
+
+  /** Throws `overloaded` or `shutting_down` when a new stream may not start. */
+  admit(): void {
+    if (this.draining) {
+      throw new ProxyError(
+        'shutting_down',
+        'the server is shutting down; retry on another instance',
+        {
+          retryAfterS: 1,
+        },
+      );
+    }
+    if (this.active.size >= this.config.maxConcurrentStreams) {
+      throw new ProxyError('overloaded', 'too many concurrent streams; retry shortly', {
+        retryAfterS: 1,
+      });
+    }
+  }
+
+  /** Start a stream; resolves when it has ended (listener told), never rejects. */
+  async run(
+    body: UpstreamBody,
+    listener: StreamListener,
+    meta: StreamMeta,
+    bind: (s: ChatStream) => void,
+  ) {
+    const stream = new ChatStream(this.client, this.settings, body, listener);
+    this.active.add(stream);
+    bind(stream);
+    try {
+      await stream.run();
+    } finally {
+      this.active.delete(stream);
+      this.logFinished(stream, meta);
+      if (this.active.size === 0) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
+    }
+  }
+
+  /**
+   * Graceful drain: refuse new streams, let active ones finish within `graceMs`, then end the
+   * rest with an in-band `shutting_down` error.
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.draining = true;
+    if (this.active.size > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    for (const s of [...this.active]) {
+      s.stop(new ProxyError('shutting_down', 'the server is shutting down'));
+    }
+  }
+
+  private logFinished(s: ChatStream, meta: StreamMeta): void {
+    const st = s.stats;
+    this.log.info(
+      {
+        requestId: meta.requestId,
+        route: meta.route,
+        format: meta.format,
+        model: meta.model,
+        status: meta.status?.() ?? 0,
+        outcome: st.outcome,
+        errorCode: st.errorCode,
+        finishReason: st.finishReason,
+        ttftMs: st.ttftMs,
+        durationMs: Date.now() - st.startedAt,
+        tokens: st.tokens,
+        bytesIn: st.bytesIn,
+        bytesOut: meta.bytesOut?.() ?? 0,
+        retries: st.retries,
+        resumes: st.resumes,
+        upstreamRequests: st.upstreamRequests,
+      },
+      'stream finished',
+    );
+  }
+}

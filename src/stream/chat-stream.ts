@@ -1,0 +1,627 @@
+// stream/chat-stream.ts: one chat stream from request to finish. Owns the upstream attempts
+// (retry before the first token, seamless resume through prefix completion after it), the time
+// limits (headers, idle, total), backpressure to the upstream socket and abort. Everything it
+// learns goes to one StreamListener; it never touches the client response itself.
+
+import type { Readable } from 'node:stream';
+import { ProxyError, type ErrorCode } from '../errors';
+import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../upstream/deepseek';
+import type { UpstreamClient, UpstreamResponse } from '../upstream/client';
+import { prefixContinuationBody, type UpstreamBody } from '../upstream/request';
+import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
+import { createSseDecoder } from './decoder';
+import { interpret, type DeltaSink, type Usage } from './interpreter';
+
+export interface StreamListener {
+  /** The upstream accepted the request (HTTP 200): the response may begin. */
+  open(): void;
+  /** An answer token. Hot path: buffer it; flush() follows once per upstream read. */
+  content(text: string): void;
+  /** A reasoning token (thinking mode). */
+  reasoning(text: string): void;
+  /** Optional: every upstream chunk's data verbatim, for pass-through formats. */
+  chunk?(data: string): void;
+  /**
+   * Write what the last upstream read produced, as one write. Return false when the client is
+   * not keeping up: the upstream socket pauses until resume().
+   */
+  flush(): boolean;
+  /** The answer finished normally. */
+  end(finishReason: string, usage: Usage | undefined): void;
+  /** The stream failed; `opened` tells whether open() was called before. */
+  fail(err: ProxyError, opened: boolean): void;
+}
+
+export interface EngineSettings {
+  retryMax: number;
+  retryBaseDelayMs: number;
+  retryMaxDelayMs: number;
+  retryAfterMaxMs: number;
+  headersTimeoutMs: number;
+  idleTimeoutMs: number;
+  streamMaxDurationMs: number;
+  upstreamResumeMax: number;
+  maxEventBytes: number;
+}
+
+export type Outcome = 'running' | 'completed' | 'failed' | 'client_aborted' | 'aborted';
+
+export interface StreamStats {
+  startedAt: number;
+  ttftMs: number | undefined;
+  tokens: number;
+  bytesIn: number;
+  retries: number;
+  resumes: number;
+  upstreamRequests: number;
+  outcome: Outcome;
+  errorCode: ErrorCode | undefined;
+  finishReason: string | undefined;
+}
+
+/** How one upstream attempt ended. */
+type AttemptResult =
+  | { ok: true }
+  | { ok: false; failure: Failure; error: ProxyError; headers?: Record<string, unknown> };
+
+const ABORT_HEADERS = Symbol('headers timeout');
+const ABORT_STOP = Symbol('stop');
+const MAX_ERROR_BODY = 16 * 1024;
+
+export class ChatStream implements DeltaSink {
+  readonly stats: StreamStats;
+  private readonly client: UpstreamClient;
+  private readonly s: EngineSettings;
+  private readonly body: UpstreamBody;
+  private readonly listener: StreamListener;
+  private readonly forwardChunks: boolean;
+  private opened = false;
+  private stopped = false;
+  private paused = false;
+  /** The answer text relayed so far: the prefix for an upstream resume. */
+  private answer = '';
+  private sentToken = false;
+  private finishReason: string | undefined;
+  private usageSeen: Usage | undefined;
+  private controller: AbortController | undefined;
+  private upstreamBody: Readable | undefined;
+  private settle: ((r: AttemptResult) => void) | undefined;
+  private wake: (() => void) | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** Something was handed to the listener since the last flush. */
+  private dirty = false;
+
+  constructor(
+    client: UpstreamClient,
+    settings: EngineSettings,
+    body: UpstreamBody,
+    listener: StreamListener,
+  ) {
+    this.client = client;
+    this.s = settings;
+    this.body = body;
+    this.listener = listener;
+    this.forwardChunks = listener.chunk !== undefined;
+    this.stats = {
+      startedAt: Date.now(),
+      ttftMs: undefined,
+      tokens: 0,
+      bytesIn: 0,
+      retries: 0,
+      resumes: 0,
+      upstreamRequests: 0,
+      outcome: 'running',
+      errorCode: undefined,
+      finishReason: undefined,
+    };
+  }
+
+  /** Run to the end. Never rejects: every failure goes to the listener. */
+  async run(): Promise<void> {
+    const total = setTimeout(
+      () =>
+        this.stop(
+          this.timeoutError('stream_duration_exceeded', 'total', this.s.streamMaxDurationMs),
+        ),
+      this.s.streamMaxDurationMs,
+    );
+    total.unref();
+    try {
+      await this.loop();
+    } catch (err) {
+      // A bug here must end this stream only, never the process.
+      this.finishFailed(new ProxyError('internal_error', 'internal error', { cause: err }));
+    } finally {
+      clearTimeout(total);
+      this.clearIdle();
+    }
+  }
+
+  private async loop(): Promise<void> {
+    let retries = 0;
+    for (;;) {
+      if (this.stopped) return;
+      const result = await this.attempt();
+      if (this.stopped) return;
+      if (result.ok) {
+        this.stats.outcome = 'completed';
+        this.stats.finishReason = this.finishReason ?? 'stop';
+        this.listener.end(this.stats.finishReason, this.usageSeen);
+        return;
+      }
+      const { failure, error } = result;
+      if (!this.sentToken) {
+        // Before the first token nothing reached the client: a retry is invisible.
+        if (isRetryable(failure) && retries < this.s.retryMax) {
+          const delay = backoffDelay(
+            retries,
+            {
+              baseMs: this.s.retryBaseDelayMs,
+              maxMs: this.s.retryMaxDelayMs,
+              retryAfterMaxMs: this.s.retryAfterMaxMs,
+            },
+            result.headers,
+          );
+          retries++;
+          this.stats.retries++;
+          await this.sleep(delay);
+          continue;
+        }
+        this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
+        return;
+      }
+      if (this.canResume(failure)) {
+        this.stats.resumes++;
+        continue;
+      }
+      this.finishFailed(error);
+      return;
+    }
+  }
+
+  /** The client left: stop everything, tell nobody (there is nobody to tell). */
+  abort(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.stats.outcome = 'client_aborted';
+    this.teardown();
+  }
+
+  /** End the stream now with an error the client is told about (shutdown, total time). */
+  stop(err: ProxyError): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.teardown();
+    this.finishFailed(err);
+  }
+
+  /** Backpressure: the client's socket is full; stop reading upstream. */
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.upstreamBody?.pause();
+  }
+
+  /** The client drained: read upstream again. */
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.idleTimer?.refresh();
+    this.upstreamBody?.resume();
+  }
+
+  get isOpened(): boolean {
+    return this.opened;
+  }
+
+  // ---- one upstream attempt -------------------------------------------------------------
+
+  private async attempt(): Promise<AttemptResult> {
+    const resuming = this.answer.length > 0;
+    const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
+    const body = resuming ? prefixContinuationBody(this.body, this.answer) : this.body;
+    const controller = new AbortController();
+    this.controller = controller;
+    this.stats.upstreamRequests++;
+    const headersTimer = setTimeout(() => controller.abort(ABORT_HEADERS), this.s.headersTimeoutMs);
+    headersTimer.unref();
+    let res: UpstreamResponse;
+    try {
+      res = await this.client.post(path, body, controller.signal);
+    } catch (err) {
+      clearTimeout(headersTimer);
+      return this.requestFailure(err, controller.signal);
+    }
+    clearTimeout(headersTimer);
+    if (this.stopped) {
+      res.body.destroy();
+      return { ok: false, failure: { kind: 'reset' }, error: this.aborted() };
+    }
+    if (res.status !== 200) return this.httpFailure(res);
+    const type = String(res.headers['content-type'] ?? '');
+    if (type.includes('html')) {
+      res.body.destroy();
+      return this.protocolFailure('the upstream answered HTML instead of an event stream');
+    }
+    if (!this.opened) {
+      this.opened = true;
+      this.listener.open();
+    }
+    return this.consume(res.body, controller);
+  }
+
+  private consume(body: Readable, controller: AbortController): Promise<AttemptResult> {
+    return new Promise<AttemptResult>((resolve) => {
+      const decoder = createSseDecoder(
+        {
+          onEvent: (data) => {
+            if (this.settle === finish) interpret(data, this);
+          },
+          onOverflow: (n) => this.invalid(`upstream event larger than ${n} characters`),
+        },
+        this.s.maxEventBytes,
+      );
+      const onData = (buf: Buffer) => {
+        // Hot path: one read from the upstream socket. Keep-alive comments count as liveness.
+        this.idleTimer?.refresh();
+        this.stats.bytesIn += buf.length;
+        decoder.feed(buf);
+        if (this.dirty) {
+          this.dirty = false;
+          if (!this.listener.flush()) this.pause();
+        }
+      };
+      const onEnd = () => {
+        decoder.end();
+        if (this.finishReason !== undefined) finish({ ok: true });
+        else finish(this.resetFailure('the upstream closed the stream before the answer finished'));
+      };
+      const onError = () =>
+        finish(this.resetFailure('the upstream connection broke during the answer'));
+      const onClose = () => {
+        if (!body.readableEnded) onError();
+      };
+      const finish = (r: AttemptResult) => {
+        if (this.settle !== finish) return;
+        this.settle = undefined;
+        this.clearIdle();
+        body.off('data', onData);
+        body.off('end', onEnd);
+        body.off('error', onError);
+        body.off('close', onClose);
+        body.on('error', noop);
+        this.upstreamBody = undefined;
+        if (r.ok && this.finishReason !== undefined && !body.readableEnded) {
+          body.resume(); // drain what is left (usage, [DONE]) so the socket goes back to the pool
+        } else if (!body.readableEnded) {
+          controller.abort(ABORT_STOP);
+          body.destroy();
+        }
+        resolve(r);
+      };
+      this.settle = finish;
+      this.upstreamBody = body;
+      this.idleTimer = setTimeout(() => this.onIdle(), this.s.idleTimeoutMs);
+      this.idleTimer.unref();
+      body.on('data', onData);
+      body.on('end', onEnd);
+      body.on('error', onError);
+      body.on('close', onClose);
+      if (this.paused) body.pause();
+    });
+  }
+
+  private onIdle(): void {
+    if (this.paused) {
+      // Our reader is slow, not the upstream: no bytes can arrive while we hold the socket.
+      this.idleTimer?.refresh();
+      return;
+    }
+    this.settle?.({
+      ok: false,
+      failure: { kind: 'idle_timeout' },
+      error: this.timeoutError('upstream_idle_timeout', 'idle', this.s.idleTimeoutMs),
+    });
+  }
+
+  private clearIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  // ---- DeltaSink: called by the interpreter, per event ---------------------------------
+
+  chunk(data: string): void {
+    if (this.forwardChunks) {
+      this.listener.chunk!(data);
+      this.dirty = true;
+    }
+  }
+
+  content(text: string): void {
+    if (!this.sentToken) this.firstToken();
+    this.stats.tokens++;
+    if (this.s.upstreamResumeMax > 0) this.answer += text;
+    if (!this.forwardChunks) {
+      this.listener.content(text);
+      this.dirty = true;
+    }
+  }
+
+  reasoning(text: string): void {
+    if (!this.sentToken) this.firstToken();
+    this.stats.tokens++;
+    if (!this.forwardChunks) {
+      this.listener.reasoning(text);
+      this.dirty = true;
+    }
+  }
+
+  finish(reason: string, usage: Usage | undefined): void {
+    if (usage) this.usageSeen = usage;
+    if (NORMAL_FINISH.has(reason)) {
+      this.finishReason = reason;
+      return;
+    }
+    if (reason === CUT_OFF_FINISH) {
+      this.settle?.({
+        ok: false,
+        failure: { kind: 'cut_off' },
+        error: new ProxyError('upstream_cut_off', 'the upstream cut the answer off'),
+      });
+      return;
+    }
+    this.finishReason = reason; // an unknown reason still ends the answer
+  }
+
+  usage(usage: Usage): void {
+    this.usageSeen = usage;
+  }
+
+  done(): void {
+    if (this.finishReason === undefined) this.finishReason = 'stop';
+    this.settle?.({ ok: true });
+  }
+
+  invalid(message: string): void {
+    this.settle?.(this.protocolFailure(message));
+  }
+
+  upstreamError(message: string): void {
+    this.settle?.({
+      ok: false,
+      failure: { kind: 'reset' },
+      error: new ProxyError('upstream_error', sanitize(message)),
+    });
+  }
+
+  // ---- helpers, out of the hot path ---------------------------------------------------
+
+  private firstToken(): void {
+    this.sentToken = true;
+    this.stats.ttftMs = Date.now() - this.stats.startedAt;
+  }
+
+  private canResume(f: Failure): boolean {
+    // Only an answer can be continued; a break during reasoning has nothing to prefix.
+    if (this.answer.length === 0 || this.stats.resumes >= this.s.upstreamResumeMax) return false;
+    return isRetryable(f);
+  }
+
+  private finishFailed(err: ProxyError): void {
+    if (this.stats.outcome === 'failed') return;
+    this.stats.outcome = 'failed';
+    this.stats.errorCode = err.code;
+    this.listener.fail(err, this.opened);
+  }
+
+  private teardown(): void {
+    this.controller?.abort(ABORT_STOP);
+    this.upstreamBody?.destroy();
+    this.settle?.({ ok: false, failure: { kind: 'reset' }, error: this.aborted() });
+    this.wake?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.wake = undefined;
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wake = done;
+    });
+  }
+
+  private aborted(): ProxyError {
+    return new ProxyError('internal_error', 'stream stopped');
+  }
+
+  private timeoutError(code: ErrorCode, limit: string, ms: number): ProxyError {
+    const message = `no ${limit === 'total' ? 'end of stream' : 'progress'} from the upstream within ${ms} ms (${limit} time limit)`;
+    // Before the response began, the SPEC's single 504 code; in-band, the limit's own code.
+    return this.opened
+      ? new ProxyError(code, message, { details: { limit } })
+      : new ProxyError('upstream_timeout', message, { details: { limit } });
+  }
+
+  private exhausted(last: ProxyError, headers?: Record<string, unknown>): ProxyError {
+    if (last.status === 504) return last;
+    const ra = headers ? Number(headers['retry-after']) : NaN;
+    return new ProxyError(
+      'upstream_unavailable',
+      `the upstream is unavailable after ${this.stats.retries} retries: ${last.message}`,
+      { retryAfterS: Number.isFinite(ra) && ra > 0 ? Math.ceil(ra) : 1 },
+    );
+  }
+
+  private resetFailure(message: string): AttemptResult {
+    return {
+      ok: false,
+      failure: { kind: 'reset' },
+      error: new ProxyError('upstream_reset', message),
+    };
+  }
+
+  private protocolFailure(message: string): AttemptResult {
+    return {
+      ok: false,
+      failure: { kind: 'protocol' },
+      error: new ProxyError('upstream_protocol_error', message),
+    };
+  }
+
+  private requestFailure(err: unknown, signal: AbortSignal): AttemptResult {
+    if (signal.aborted && signal.reason === ABORT_HEADERS) {
+      return {
+        ok: false,
+        failure: { kind: 'headers_timeout' },
+        error: this.timeoutError('upstream_headers_timeout', 'headers', this.s.headersTimeoutMs),
+      };
+    }
+    const code = errorCodeOf(err);
+    if (code === 'UPSTREAM_CONNECT_TIMEOUT') {
+      return {
+        ok: false,
+        failure: { kind: 'connect' },
+        error: this.timeoutError('upstream_connect_timeout', 'connect', 0),
+      };
+    }
+    if (CONNECT_CODES.has(code)) {
+      return {
+        ok: false,
+        failure: { kind: 'connect' },
+        error: new ProxyError('upstream_unavailable', `cannot connect to the upstream (${code})`),
+      };
+    }
+    return this.resetFailure(`the upstream connection failed (${code || 'unknown'})`);
+  }
+
+  private async httpFailure(res: UpstreamResponse): Promise<AttemptResult> {
+    const text = await readSome(res.body, MAX_ERROR_BODY, this.s.idleTimeoutMs);
+    const status = res.status;
+    const upstreamMessage = extractMessage(text, String(res.headers['content-type'] ?? ''));
+    let error: ProxyError;
+    switch (status) {
+      case 400:
+      case 422:
+        error = new ProxyError(
+          'invalid_request',
+          upstreamMessage
+            ? `the upstream refused the request: ${upstreamMessage}`
+            : 'the upstream refused the request',
+          { upstreamStatus: status },
+        );
+        break;
+      case 401:
+      case 403:
+        error = new ProxyError(
+          'upstream_auth_failed',
+          "the upstream rejected the server's API key",
+          {
+            upstreamStatus: status,
+          },
+        );
+        break;
+      case 402:
+        error = new ProxyError(
+          'upstream_insufficient_balance',
+          'the upstream account has insufficient balance',
+          { upstreamStatus: status },
+        );
+        break;
+      case 408:
+      case 504:
+        error = new ProxyError('upstream_timeout', `the upstream timed out (HTTP ${status})`, {
+          upstreamStatus: status,
+        });
+        break;
+      default:
+        error = new ProxyError('upstream_error', `the upstream answered HTTP ${status}`, {
+          upstreamStatus: status,
+        });
+    }
+    return { ok: false, failure: { kind: 'http', status }, error, headers: res.headers };
+  }
+}
+
+const CONNECT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+]);
+
+function noop(): void {}
+
+function errorCodeOf(err: unknown): string {
+  let e: unknown = err;
+  for (let depth = 0; e && depth < 4; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && code !== 'ERR_BAD_RESPONSE' && code !== 'ERR_CANCELED') {
+      if (code !== 'ECONNABORTED') return code;
+    }
+    e = (e as { cause?: unknown }).cause;
+  }
+  return '';
+}
+
+/** Read at most `max` bytes of an error body, giving up after `ms`. Never throws. */
+function readSome(body: Readable, max: number, ms: number): Promise<string> {
+  return new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      clearTimeout(timer);
+      body.off('data', onData);
+      body.off('end', done);
+      body.off('error', done);
+      body.on('error', noop);
+      body.destroy();
+      resolve(Buffer.concat(parts).toString('utf8'));
+    };
+    const onData = (b: Buffer) => {
+      parts.push(b);
+      size += b.length;
+      if (size >= max) done();
+    };
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    body.on('data', onData);
+    body.on('end', done);
+    body.on('error', done);
+  });
+}
+
+/** The upstream's own error message, if it sent JSON; never raw HTML or garbage. */
+function extractMessage(text: string, contentType: string): string | undefined {
+  if (!contentType.includes('json') && !text.trimStart().startsWith('{')) return undefined;
+  try {
+    const parsed = JSON.parse(text) as {
+      error?: { message?: unknown } | string;
+      message?: unknown;
+    };
+    const m =
+      typeof parsed.error === 'object' && parsed.error !== null
+        ? parsed.error.message
+        : (parsed.error ?? parsed.message);
+    return typeof m === 'string' ? sanitize(m) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A message from the upstream, safe to pass on: printable, short, no markup, no key. */
+export function sanitize(message: string): string {
+  const clean = message
+    .replace(/<[^>]*>/g, ' ')
+    .replace(/sk-[A-Za-z0-9_-]{6,}/g, 'sk-***')
+    // eslint-disable-next-line no-control-regex -- stripping control characters is the point
+    .replace(/[\u0000-\u001f\u007f]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+  return clean.length > 300 ? clean.slice(0, 300) + '...' : clean;
+}
