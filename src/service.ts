@@ -17,6 +17,7 @@ export interface StreamMeta {
   /** Filled in by the response side when the stream ends. */
   bytesOut?: () => number;
   status?: () => number;
+  peakBuffered?: () => number;
 }
 
 export function engineSettings(c: Config): EngineSettings {
@@ -125,6 +126,7 @@ export class ChatService {
         tokens: st.tokens,
         bytesIn: st.bytesIn,
         bytesOut: meta.bytesOut?.() ?? 0,
+        peakBuffered: meta.peakBuffered?.() ?? 0,
         retries: st.retries,
         resumes: st.resumes,
         upstreamRequests: st.upstreamRequests,

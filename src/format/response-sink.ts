@@ -19,6 +19,8 @@ export class ResponseSink implements StreamListener {
   bytesOut = 0;
   /** HTTP status sent, for the log line. */
   status = 0;
+  /** Most bytes seen waiting in the response's buffer: what a slow reader costs us. */
+  peakBuffered = 0;
   private pending = '';
   private wroteSinceTick = false;
   private heartbeat: NodeJS.Timeout | undefined;
@@ -63,7 +65,10 @@ export class ResponseSink implements StreamListener {
     this.pending = '';
     this.wroteSinceTick = true;
     this.bytesOut += Buffer.byteLength(out);
-    return this.res.write(out);
+    if (this.res.write(out)) return true;
+    // Backpressure (rare path): note the high-water mark for the log line, then pause upstream.
+    if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
+    return false;
   }
 
   end(finishReason: string, usage: Usage | undefined): void {

@@ -35,6 +35,7 @@ export function chatStreamRouter(config: Config, service: ChatService): Router {
         model: parsed.params.model,
         bytesOut: () => sink.bytesOut,
         status: () => sink.status,
+        peakBuffered: () => sink.peakBuffered,
       },
       (stream) => {
         res.on('drain', () => stream.resume());

@@ -98,8 +98,10 @@ export function simulateAnswer(prompt: string, shape: AnswerShape = {}): Simulat
   const r = thinking
     ? (shape.reasoningTokens ?? directiveNumber(prompt, 'rtokens') ?? DEFAULT_REASONING_TOKENS)
     : 0;
+  // `repeat=K` makes every token K times longer: big streams without millions of events.
+  const repeat = directiveNumber(prompt, 'repeat') ?? 1;
   const content: string[] = [];
-  for (let i = 0; i < n; i++) content.push(tokenAt(seed, i, 'content'));
+  for (let i = 0; i < n; i++) content.push(tokenAt(seed, i, 'content').repeat(repeat));
   const reasoning: string[] = [];
   for (let i = 0; i < r; i++) reasoning.push(tokenAt(seed, i, 'reasoning'));
   return { reasoning, content, text: content.join(''), reasoningText: reasoning.join('') };

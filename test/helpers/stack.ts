@@ -79,7 +79,11 @@ export interface RequestOptions {
 
 export function request(url: string, opts: RequestOptions = {}): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: false });
+    const req = http.request(url, {
+      method: opts.method ?? 'GET',
+      headers: opts.headers,
+      agent: false,
+    });
     req.on('error', reject);
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
@@ -122,7 +126,11 @@ export interface SseEvent {
 }
 
 /** A small, strict SSE reader for assertions (LF endings, as the proxy writes). */
-export function parseSse(text: string): { events: SseEvent[]; retry: number | undefined; comments: string[] } {
+export function parseSse(text: string): {
+  events: SseEvent[];
+  retry: number | undefined;
+  comments: string[];
+} {
   const events: SseEvent[] = [];
   const comments: string[] = [];
   let retry: number | undefined;
@@ -156,7 +164,11 @@ export function q(prompt: string, extra = ''): string {
   return `/chat-stream?prompt=${encodeURIComponent(prompt)}${extra}`;
 }
 
-export async function waitFor(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  cond: () => boolean,
+  timeoutMs = 5000,
+  what = 'condition',
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);

@@ -57,7 +57,9 @@ describe('text mode', () => {
   });
 
   it('keeps a sane client X-Request-Id and replaces an unsafe one', async () => {
-    const kept = await request(stack.url + q('id please'), { headers: { 'x-request-id': 'abc-123_X.y' } });
+    const kept = await request(stack.url + q('id please'), {
+      headers: { 'x-request-id': 'abc-123_X.y' },
+    });
     expect(kept.headers['x-request-id']).toBe('abc-123_X.y');
     const replaced = await request(stack.url + q('id please 2'), {
       headers: { 'x-request-id': 'bad id with:colon' },
@@ -123,7 +125,9 @@ describe('models', () => {
     const sent = stack.sim.requests.find((r) => r.body.messages?.[0]?.content === 'alias reasoner');
     expect(sent?.body).toMatchObject({ model: 'deepseek-v4-flash', thinking: { type: 'enabled' } });
     await request(stack.url + q('pro no thinking', '&model=deepseek-v4-pro&thinking=false'));
-    const sent2 = stack.sim.requests.find((r) => r.body.messages?.[0]?.content === 'pro no thinking');
+    const sent2 = stack.sim.requests.find(
+      (r) => r.body.messages?.[0]?.content === 'pro no thinking',
+    );
     expect(sent2?.body).toMatchObject({ model: 'deepseek-v4-pro', thinking: { type: 'disabled' } });
   });
 

@@ -1,0 +1,166 @@
+// Every error checkable before streaming answers the SPEC's status and JSON shape, and the
+// server keeps serving normally afterwards.
+
+import { simulateAnswer } from '../../src/simulator/answer';
+import { q, request, startStack, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ maxBodyBytes: 2048, maxPromptChars: 500 });
+});
+afterAll(() => stack.close());
+
+const post = (body: string, contentType = 'application/json') =>
+  request(stack.url + '/chat-stream', {
+    method: 'POST',
+    headers: { 'content-type': contentType },
+    body,
+  });
+
+function expectError(
+  res: { status: number; body: string; headers: Record<string, unknown> },
+  status: number,
+  code: string,
+) {
+  expect(res.status).toBe(status);
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  const body = JSON.parse(res.body);
+  expect(body.error.code).toBe(code);
+  expect(typeof body.error.message).toBe('string');
+  expect(body.error.message.length).toBeGreaterThan(0);
+  expect(body.error.requestId).toBe(res.headers['x-request-id']);
+  expect(res.body).not.toMatch(/at .*\.ts:\d+/); // no stack traces
+}
+
+describe('bad input before streaming', () => {
+  const cases: Array<[string, () => ReturnType<typeof request>, number, string]> = [
+    ['a missing prompt', () => request(stack.url + '/chat-stream'), 400, 'invalid_request'],
+    ['an empty prompt', () => request(stack.url + q('')), 400, 'invalid_request'],
+    ['a whitespace prompt', () => request(stack.url + q(' \t\n ')), 400, 'invalid_request'],
+    [
+      'a repeated prompt parameter',
+      () => request(stack.url + '/chat-stream?prompt=a&prompt=b'),
+      400,
+      'invalid_request',
+    ],
+    ['a prompt that is a number', () => post('{"prompt":42}'), 400, 'invalid_request'],
+    ['a prompt that is null', () => post('{"prompt":null}'), 400, 'invalid_request'],
+    ['messages that are not an array', () => post('{"messages":"hi"}'), 400, 'invalid_request'],
+    [
+      'a message without a role',
+      () => post('{"messages":[{"content":"hi"}]}'),
+      400,
+      'invalid_request',
+    ],
+    ['a body that is a JSON array', () => post('[1,2]'), 400, 'invalid_request'],
+    ['bad JSON', () => post('{"prompt":'), 400, 'invalid_request'],
+    [
+      'a non-JSON POST',
+      () => post('prompt=hi', 'application/x-www-form-urlencoded'),
+      415,
+      'unsupported_media_type',
+    ],
+    [
+      'a POST without content type',
+      () => request(stack.url + '/chat-stream', { method: 'POST', body: 'x' }),
+      415,
+      'unsupported_media_type',
+    ],
+    [
+      'an oversized body',
+      () => post(JSON.stringify({ prompt: 'x'.repeat(4000) })),
+      413,
+      'payload_too_large',
+    ],
+    [
+      'an oversized prompt',
+      () => request(stack.url + q('y'.repeat(501))),
+      413,
+      'payload_too_large',
+    ],
+    [
+      'an unknown model',
+      () => request(stack.url + q('hi', '&model=gpt-4')),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a bad temperature',
+      () => request(stack.url + q('hi', '&temperature=hot')),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a bad max_tokens',
+      () => request(stack.url + q('hi', '&max_tokens=1.5')),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a bad thinking flag',
+      () => request(stack.url + q('hi', '&thinking=maybe')),
+      400,
+      'invalid_request',
+    ],
+    ['a bad format', () => request(stack.url + q('hi', '&format=xml')), 400, 'invalid_request'],
+    ['an unknown route', () => request(stack.url + '/nope'), 404, 'not_found'],
+    [
+      'a wrong method',
+      () => request(stack.url + '/chat-stream', { method: 'PUT' }),
+      405,
+      'method_not_allowed',
+    ],
+  ];
+  for (const [name, send, status, code] of cases) {
+    it(`${name} answers ${status} ${code}`, async () => {
+      expectError(await send(), status, code);
+    });
+  }
+
+  it('names the allowed methods on 405', async () => {
+    const res = await request(stack.url + '/chat-stream', { method: 'DELETE' });
+    expect(res.headers.allow).toBe('GET, POST');
+  });
+
+  it('still streams a normal request after all of that', async () => {
+    const res = await request(stack.url + q('after the errors'));
+    expect(res.status).toBe(200);
+    expect(res.body).toBe(simulateAnswer('after the errors').text);
+  });
+});
+
+describe('upstream errors before the first byte', () => {
+  const cases: Array<[string, number, string]> = [
+    ['status=401', 502, 'upstream_auth_failed'],
+    ['status=402', 502, 'upstream_insufficient_balance'],
+    ['status=400', 400, 'invalid_request'],
+    ['status=422', 400, 'invalid_request'],
+    ['status=404', 502, 'upstream_error'],
+  ];
+  for (const [directive, status, code] of cases) {
+    it(`upstream ${directive} answers ${status} ${code}, with no retry`, async () => {
+      const prompt = `upstream error [[${directive}]]`;
+      const before = stack.sim.requests.length;
+      const res = await request(stack.url + q(prompt));
+      expectError(res, status, code);
+      expect(stack.sim.requests.length - before).toBe(1);
+    });
+  }
+
+  it('passes the upstream 422 message on, sanitised', async () => {
+    const res = await request(stack.url + q('u422 [[status=422]]'));
+    expect(JSON.parse(res.body).error.message).toContain('Invalid Parameters');
+  });
+
+  it('never passes an HTML error page through', async () => {
+    const res = await request(stack.url + q('html page [[status=503 html times=9]]'));
+    expectError(res, 503, 'upstream_unavailable');
+    expect(res.body).not.toContain('<');
+    expect(res.headers['retry-after']).toBeDefined();
+  });
+
+  it('an HTML page with status 200 is a protocol error, not an answer', async () => {
+    const res = await request(stack.url + q('captive [[html200 times=9]]'));
+    expectError(res, 502, 'upstream_protocol_error');
+  });
+});

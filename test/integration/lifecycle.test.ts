@@ -1,0 +1,109 @@
+// Disconnects, backpressure and secrets: the upstream stops when the client leaves, a slow reader
+// never makes the proxy buffer the stream, and the API key never reaches a log line.
+
+import http from 'node:http';
+import { q, request, startStack, TEST_KEY, waitFor, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack();
+});
+afterAll(() => stack.close());
+
+function findRequest(prompt: string) {
+  return stack.sim.requests.find((r) => r.body.messages?.some((m) => m.content === prompt));
+}
+
+describe('when the client disconnects mid-stream', () => {
+  for (const format of ['text', 'sse']) {
+    it(`(${format}) the upstream connection is closed too`, async () => {
+      const prompt = `leave early ${format} [[tokens=400 delay=10]]`;
+      const res = await request(stack.url + q(prompt, `&format=${format}&thinking=false`), {
+        onChunk: (_c, soFar) => (soFar.length > 40 ? 'abort' : undefined),
+      });
+      expect(res.complete).toBe(false);
+      await waitFor(() => findRequest(prompt)?.clientClosed === true, 5000, 'upstream close');
+      const rec = findRequest(prompt)!;
+      expect(rec.done).toBe(false);
+      await waitFor(() => stack.app.service.active.size === 0, 5000, 'stream cleanup');
+      const line = stack.logs.find(
+        (l) => l.includes('stream finished') && l.includes('client_aborted'),
+      );
+      expect(line).toBeDefined();
+    });
+  }
+});
+
+describe('a slow reader', () => {
+  it('keeps the proxy buffer bounded while 20 MB of upstream output passes through', async () => {
+    // ~350 bytes of upstream SSE per token: 100k tokens is over 30 MB from the simulator, and
+    // about 20 MB to the client: more than loopback socket buffers can hide.
+    const prompt = 'slow reader [[tokens=100000 repeat=20]]';
+    let received = 0;
+    let upstreamAtFirstPause = -1;
+    const requestId = 'slow-reader-1';
+    await new Promise<void>((resolve, reject) => {
+      const req = http.get(
+        stack.url + q(prompt, '&format=sse&thinking=false'),
+        { headers: { 'x-request-id': requestId }, agent: false },
+        (res) => {
+          let nextPause = 256 * 1024;
+          res.on('data', (c: Buffer) => {
+            received += c.length;
+            if (received >= nextPause) {
+              nextPause += 256 * 1024;
+              res.pause();
+              if (upstreamAtFirstPause < 0) {
+                // Sample after the pause has had time to propagate upstream.
+                setTimeout(() => {
+                  upstreamAtFirstPause = findRequest(prompt)?.bytesWritten ?? -1;
+                }, 900);
+              }
+              setTimeout(() => res.resume(), upstreamAtFirstPause < 0 ? 1000 : 20);
+            }
+          });
+          res.on('end', resolve);
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+    });
+    const rec = findRequest(prompt)!;
+    expect(rec.done).toBe(true);
+    expect(rec.bytesWritten).toBeGreaterThan(20_000_000);
+    // While the reader sat on its first 256 KB for a second, the upstream was held back: what it
+    // managed to write sits in kernel socket buffers and a small proxy buffer, not the stream.
+    expect(upstreamAtFirstPause).toBeGreaterThan(0);
+    expect(upstreamAtFirstPause).toBeLessThan(rec.bytesWritten * 0.8);
+    await waitFor(() =>
+      stack.logs.some((l) => l.includes(requestId) && l.includes('stream finished')),
+    );
+    const line = JSON.parse(
+      stack.logs.find((l) => l.includes(requestId) && l.includes('stream finished'))!,
+    );
+    expect(line.outcome).toBe('completed');
+    expect(line.bytesIn).toBe(rec.bytesWritten);
+    // Backpressure engaged (the response buffer filled at least once) and stayed small.
+    expect(line.peakBuffered).toBeGreaterThan(0);
+    expect(line.peakBuffered).toBeLessThan(256 * 1024);
+  }, 60_000);
+});
+
+describe('secrets', () => {
+  it('a run with a known key never prints it, on success or failure', async () => {
+    await request(stack.url + q('log check one'));
+    await request(stack.url + q('log check auth [[status=401]]'));
+    await request(stack.url + q('log check reset [[reset=3 times=9]]'));
+    await request(stack.url + q('log check html [[status=500 html times=9]]'));
+    await waitFor(
+      () =>
+        stack.logs.filter((l) => l.includes('log check') || l.includes('stream finished')).length >=
+        4,
+    );
+    const all = stack.logs.join('');
+    expect(all.length).toBeGreaterThan(0);
+    expect(all).toContain('stream finished');
+    expect(all).not.toContain(TEST_KEY);
+    expect(all).not.toContain(TEST_KEY.slice(3));
+  });
+});

@@ -1,0 +1,64 @@
+// The server as a process, as `npm start` runs it: start-up validation, the simulator fallback,
+// and graceful shutdown.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { q, request, waitFor } from '../helpers/stack';
+import { simulateAnswer } from '../../src/simulator/answer';
+
+const root = path.resolve(__dirname, '../..');
+const tsx = path.join(root, 'node_modules/.bin/tsx');
+
+interface Proc {
+  child: ChildProcess;
+  out: string[];
+  exit: Promise<number | null>;
+}
+
+function startServer(env: Record<string, string>): Proc {
+  const child = spawn(tsx, ['src/server.ts'], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out: string[] = [];
+  child.stdout!.on('data', (b: Buffer) => out.push(b.toString()));
+  child.stderr!.on('data', (b: Buffer) => out.push(b.toString()));
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, out, exit };
+}
+
+function portOf(p: Proc): number | undefined {
+  for (const chunk of p.out.join('').split('\n')) {
+    if (chunk.includes('"listening"')) return (JSON.parse(chunk) as { port: number }).port;
+  }
+  return undefined;
+}
+
+describe('start-up', () => {
+  it('exits non-zero naming the variable when a setting is bad', async () => {
+    const p = startServer({ PORT: 'abc' });
+    expect(await p.exit).toBe(1);
+    expect(p.out.join('')).toContain('PORT');
+  }, 20_000);
+
+  it('refuses to start in production without DEEPSEEK_API_KEY', async () => {
+    const p = startServer({ NODE_ENV: 'production', PORT: '0' });
+    expect(await p.exit).toBe(1);
+    expect(p.out.join('')).toContain('DEEPSEEK_API_KEY');
+  }, 20_000);
+
+  it('without a key serves from the simulator, warns, and streams an answer', async () => {
+    const p = startServer({ PORT: '0', HOST: '127.0.0.1', SIMULATOR_TOKEN_DELAY_MS: '0' });
+    try {
+      await waitFor(() => portOf(p) !== undefined, 15_000, 'listening');
+      expect(p.out.join('')).toMatch(/"level":40.*simulator/);
+      const res = await request(`http://127.0.0.1:${portOf(p)}${q('hello')}`);
+      expect(res.status).toBe(200);
+      expect(res.body).toBe(simulateAnswer('hello').text);
+    } finally {
+      p.child.kill('SIGTERM');
+      expect(await p.exit).toBe(0);
+    }
+  }, 30_000);
+});
