@@ -26,6 +26,7 @@ export function engineSettings(c: Config): EngineSettings {
     retryBaseDelayMs: c.retryBaseDelayMs,
     retryMaxDelayMs: c.retryMaxDelayMs,
     retryAfterMaxMs: c.retryAfterMaxMs,
+    connectTimeoutMs: c.connectTimeoutMs,
     headersTimeoutMs: c.headersTimeoutMs,
     idleTimeoutMs: c.idleTimeoutMs,
     streamMaxDurationMs: c.streamMaxDurationMs,

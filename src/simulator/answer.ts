@@ -88,11 +88,19 @@ export interface SimulatedAnswer {
 }
 
 /**
- * The answer the simulator gives for a prompt (the last user message, directives included).
- * Tests use it as the expected output.
+ * The seed of a prompt's answer. A `[[...]]` directive block does not change the answer (only
+ * `tokens=` and `repeat=` in it do), so a faulty run and a clean run can be compared.
+ */
+export function seedOf(prompt: string): number {
+  return hashString(prompt.replace(/\s*\[\[[^\]]*\]\]/, ''));
+}
+
+/**
+ * The answer the simulator gives for a prompt (the last user message). Tests use it as the
+ * expected output.
  */
 export function simulateAnswer(prompt: string, shape: AnswerShape = {}): SimulatedAnswer {
-  const seed = hashString(prompt);
+  const seed = seedOf(prompt);
   const n = shape.contentTokens ?? directiveNumber(prompt, 'tokens') ?? DEFAULT_CONTENT_TOKENS;
   const thinking = shape.thinking ?? false;
   const r = thinking

@@ -7,7 +7,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { hashString, simulateAnswer, tokenAt, DEFAULT_REASONING_TOKENS } from './answer';
+import { seedOf, simulateAnswer, tokenAt, DEFAULT_REASONING_TOKENS } from './answer';
 import { parseDirectives, type Directives } from './directives';
 
 export interface SimulatorOptions {
@@ -172,7 +172,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
 
     const thinkingOn = prefix === undefined && body.thinking?.type !== 'disabled'; // V4: thinking on by default
     const answer = simulateAnswer(prompt, { thinking: thinkingOn });
-    const seed = hashString(prompt);
+    const seed = seedOf(prompt);
     const reasoningCount = thinkingOn ? answer.reasoning.length : 0;
     // Content tokens to emit: all of them, or what follows the prefix.
     let contentTokens: string[] = answer.content;

@@ -4,6 +4,7 @@
 // learns goes to one StreamListener; it never touches the client response itself.
 
 import type { Readable } from 'node:stream';
+import { isAxiosError } from 'axios';
 import { ProxyError, type ErrorCode } from '../errors';
 import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../upstream/deepseek';
 import type { UpstreamClient, UpstreamResponse } from '../upstream/client';
@@ -37,6 +38,7 @@ export interface EngineSettings {
   retryBaseDelayMs: number;
   retryMaxDelayMs: number;
   retryAfterMaxMs: number;
+  connectTimeoutMs: number;
   headersTimeoutMs: number;
   idleTimeoutMs: number;
   streamMaxDurationMs: number;
@@ -439,7 +441,9 @@ export class ChatStream implements DeltaSink {
   }
 
   private timeoutError(code: ErrorCode, limit: string, ms: number): ProxyError {
-    const message = `no ${limit === 'total' ? 'end of stream' : 'progress'} from the upstream within ${ms} ms (${limit} time limit)`;
+    const what =
+      limit === 'total' ? 'end of stream' : limit === 'connect' ? 'connection' : 'progress';
+    const message = `no ${what} from the upstream within ${ms} ms (${limit} time limit)`;
     // Before the response began, the SPEC's single 504 code; in-band, the limit's own code.
     return this.opened
       ? new ProxyError(code, message, { details: { limit } })
@@ -485,7 +489,7 @@ export class ChatStream implements DeltaSink {
       return {
         ok: false,
         failure: { kind: 'connect' },
-        error: this.timeoutError('upstream_connect_timeout', 'connect', 0),
+        error: this.timeoutError('upstream_connect_timeout', 'connect', this.s.connectTimeoutMs),
       };
     }
     if (CONNECT_CODES.has(code)) {
@@ -493,6 +497,14 @@ export class ChatStream implements DeltaSink {
         ok: false,
         failure: { kind: 'connect' },
         error: new ProxyError('upstream_unavailable', `cannot connect to the upstream (${code})`),
+      };
+    }
+    if (code === '' && !isAxiosError(err)) {
+      // Not a network failure: a bug. End this stream only; retrying would repeat it.
+      return {
+        ok: false,
+        failure: { kind: 'internal' },
+        error: new ProxyError('internal_error', 'internal error', { cause: err }),
       };
     }
     return this.resetFailure(`the upstream connection failed (${code || 'unknown'})`);

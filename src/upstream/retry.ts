@@ -8,6 +8,7 @@ export type FailureKind =
   | 'idle_timeout'
   | 'protocol' // garbage where SSE was expected
   | 'cut_off' // finish_reason insufficient_system_resource
+  | 'internal' // a bug on our side, not the network
   | 'http'; // a non-200 status, see `status`
 
 export interface Failure {
@@ -23,6 +24,7 @@ const RETRY_RULES: ReadonlyArray<[(f: Failure) => boolean, boolean]> = [
   [(f) => f.kind === 'idle_timeout', true], // stalled before the first token
   [(f) => f.kind === 'cut_off', true], // cut off before a token: a fresh generation is free
   [(f) => f.kind === 'protocol', false], // the same upstream will likely say the same garbage
+  [(f) => f.kind === 'internal', false], // our bug: a retry would hit it again
   [(f) => f.status === 408, true], // request timeout
   [(f) => f.status === 429, true], // rate or concurrency limit: wait and try again
   [(f) => f.status === 500, true], // server error

@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { q, request, waitFor } from '../helpers/stack';
+import { parseSse, q, request, sseText, waitFor } from '../helpers/stack';
 import { simulateAnswer } from '../../src/simulator/answer';
 
 const root = path.resolve(__dirname, '../..');
@@ -60,5 +60,47 @@ describe('start-up', () => {
       p.child.kill('SIGTERM');
       expect(await p.exit).toBe(0);
     }
+  }, 30_000);
+});
+
+describe('graceful shutdown', () => {
+  it('on SIGTERM: readiness fails, short streams finish, long ones end with shutting_down, exit 0', async () => {
+    const p = startServer({
+      PORT: '0',
+      HOST: '127.0.0.1',
+      SIMULATOR_TOKEN_DELAY_MS: '20',
+      SHUTDOWN_GRACE_MS: '1500',
+    });
+    await waitFor(() => portOf(p) !== undefined, 15_000, 'listening');
+    const base = `http://127.0.0.1:${portOf(p)}`;
+    let shortSeen = false;
+    let longSeen = false;
+    const short = request(base + q('short one [[tokens=20]]', '&format=sse&thinking=false'), {
+      onChunk: () => void (shortSeen = true),
+    });
+    const long = request(base + q('long one [[tokens=2000]]', '&format=sse&thinking=false'), {
+      onChunk: () => void (longSeen = true),
+    });
+    await waitFor(() => shortSeen && longSeen, 5000, 'both streams started');
+    const t0 = Date.now();
+    p.child.kill('SIGTERM');
+    // While draining, readiness fails (or the listener is already closed).
+    await new Promise((r) => setTimeout(r, 100));
+    const ready = await request(base + '/readyz').catch(() => undefined);
+    if (ready) expect(ready.status).toBe(503);
+    const [s, l] = await Promise.all([short, long]);
+    const shortEvents = parseSse(s.body).events;
+    expect(shortEvents.at(-1)!.event).toBe('done');
+    expect(sseText(shortEvents)).toBe(simulateAnswer('short one [[tokens=20]]').text);
+    const longEvents = parseSse(l.body).events;
+    const last = longEvents.at(-1)!;
+    expect(last.event).toBe('error');
+    expect(JSON.parse(last.data).code).toBe('shutting_down');
+    expect(simulateAnswer('long one [[tokens=2000]]').text.startsWith(sseText(longEvents))).toBe(
+      true,
+    );
+    expect(await p.exit).toBe(0);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+    expect(p.out.join('')).toContain('"stopped"');
   }, 30_000);
 });

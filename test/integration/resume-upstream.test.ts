@@ -1,0 +1,156 @@
+// Seamless upstream resume: when DeepSeek breaks after answer tokens were sent, the proxy
+// continues through chat prefix completion (/beta) and the client sees one answer, no gap, no
+// repeat at the seam.
+
+import { simulateAnswer } from '../../src/simulator/answer';
+import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ retryMax: 2, upstreamResumeMax: 2, idleTimeoutMs: 300 });
+});
+afterAll(() => stack.close());
+
+const BASE = 'seam base';
+
+/** The simulator's uninterrupted wire bytes for BASE, fetched directly (not through the proxy). */
+async function referenceBody(): Promise<Buffer> {
+  const res = await fetch(stack.sim.url + '/chat/completions', {
+    method: 'POST',
+    headers: { authorization: 'Bearer x', 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'deepseek-v4-flash',
+      messages: [{ role: 'user', content: BASE }],
+      stream: true,
+      stream_options: { include_usage: true },
+      thinking: { type: 'disabled' },
+    }),
+  });
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** Answer text carried by the complete events within the first `n` bytes. */
+function textWithin(body: Buffer, n: number): string {
+  const head = body.subarray(0, n).toString('utf8');
+  const complete = head.slice(0, head.lastIndexOf('\n\n') + 2);
+  let text = '';
+  for (const block of complete.split('\n\n')) {
+    if (!block.startsWith('data: {')) continue;
+    const chunk = JSON.parse(block.slice(6));
+    const c = chunk.choices?.[0]?.delta?.content;
+    if (typeof c === 'string') text += c;
+  }
+  return text;
+}
+
+/** 20 cut points: right after the first token, inside multi-byte characters, and spread out. */
+function cutPoints(body: Buffer): number[] {
+  const text = body.toString('latin1'); // byte offsets
+  const events: Array<[number, number]> = [];
+  let at = 0;
+  for (;;) {
+    const end = text.indexOf('\n\n', at);
+    if (end < 0) break;
+    events.push([at, end + 2]);
+    at = end + 2;
+  }
+  const content = events.filter(([s, e]) => /"content":"[^"]/.test(text.slice(s, e)));
+  const firstEnd = content[0]![1];
+  const lastStart = content[content.length - 1]![0];
+  const cuts = new Set<number>([firstEnd, firstEnd + 1, firstEnd + 7]);
+  // Inside multi-byte characters: after the lead byte of a few of them.
+  for (let i = firstEnd; i < lastStart && cuts.size < 10; i++) {
+    if (body[i]! >= 0xc0) {
+      cuts.add(i + 1);
+      i += 40;
+    }
+  }
+  for (let k = 1; cuts.size < 20; k++) {
+    cuts.add(firstEnd + Math.floor(((lastStart - firstEnd) * k) / 12) + (k % 3));
+  }
+  return [...cuts].sort((a, b) => a - b);
+}
+
+describe('upstream resume at the seam', () => {
+  it('20 cut points: the client text equals the uninterrupted answer, /beta got exactly the text sent', async () => {
+    const ref = await referenceBody();
+    const expected = simulateAnswer(BASE).text;
+    const cuts = cutPoints(ref);
+    expect(cuts).toHaveLength(20);
+    let i = 0;
+    for (const cut of cuts) {
+      const prompt = `${BASE} [[cut=${cut} delay=1]]`;
+      const sse = i++ % 2 === 0;
+      const res = await request(
+        stack.url + q(prompt, `&thinking=false${sse ? '&format=sse' : ''}`),
+      );
+      expect(res.status).toBe(200);
+      const got = sse ? sseText(parseSse(res.body).events) : res.body;
+      expect({ cut, got }).toEqual({ cut, got: expected });
+      if (sse) expect(parseSse(res.body).events.at(-1)!.event).toBe('done');
+      else expect(res.complete).toBe(true);
+      const beta = stack.sim.requests.filter(
+        (r) => r.path === '/beta/chat/completions' && r.body.messages?.[0]?.content === prompt,
+      );
+      expect(beta).toHaveLength(1);
+      const last = beta[0]!.body.messages!.at(-1)!;
+      expect(last.role).toBe('assistant');
+      expect(last.prefix).toBe(true);
+      expect(last.content).toBe(textWithin(ref, cut));
+      expect(beta[0]!.body.thinking).toEqual({ type: 'disabled' });
+    }
+  }, 60_000);
+
+  it('a cut-off finish (insufficient_system_resource) is continued, not reported as the end', async () => {
+    const prompt = `${BASE} [[finish=insufficient_system_resource finish-after=5 delay=1]]`;
+    const res = await request(stack.url + q(prompt, '&thinking=false&format=sse'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe(simulateAnswer(BASE).text);
+    expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('stop');
+  });
+
+  it('an idle upstream mid-answer is continued', async () => {
+    const prompt = `${BASE} [[stall-after=6 stall=3000 delay=1]]`;
+    const res = await request(stack.url + q(prompt, '&thinking=false'));
+    expect(res.complete).toBe(true);
+    expect(res.body).toBe(simulateAnswer(BASE).text);
+  });
+
+  it('SSE ids keep counting across the seam', async () => {
+    const prompt = `${BASE} [[reset=5 delay=1]]`;
+    const res = await request(stack.url + q(prompt, '&thinking=false&format=sse'), {
+      headers: { 'x-request-id': 'seam-ids' },
+    });
+    const { events } = parseSse(res.body);
+    expect(events.map((e) => e.id)).toEqual(events.map((_, i) => `seam-ids:${i + 1}`));
+  });
+
+  it('stops after UPSTREAM_RESUME_MAX splices with an in-band error', async () => {
+    const prompt = `${BASE} [[reset=2 times=9 delay=1]]`;
+    const res = await request(stack.url + q(prompt, '&thinking=false&format=sse'));
+    const { events } = parseSse(res.body);
+    const full = simulateAnswer(BASE).text;
+    const got = sseText(events);
+    expect(full.startsWith(got)).toBe(true);
+    expect(got.length).toBeLessThan(full.length);
+    expect(events.at(-1)!.event).toBe('error');
+    const beta = stack.sim.requests.filter(
+      (r) => r.path === '/beta/chat/completions' && r.body.messages?.[0]?.content === prompt,
+    );
+    expect(beta).toHaveLength(2);
+  });
+
+  it('a break during reasoning is an in-band error, not a splice', async () => {
+    const prompt = `${BASE} reasoning [[reset=0 delay=1 times=9]]`;
+    const res = await request(stack.url + q(prompt, '&format=sse'));
+    const { events } = parseSse(res.body);
+    expect(events.some((e) => e.event === 'reasoning')).toBe(true);
+    expect(events.some((e) => e.event === 'message')).toBe(false);
+    expect(events.at(-1)!.event).toBe('error');
+    expect(
+      stack.sim.requests.some(
+        (r) => r.path === '/beta/chat/completions' && r.body.messages?.[0]?.content === prompt,
+      ),
+    ).toBe(false);
+  });
+});
