@@ -8,6 +8,7 @@ import { createLogger, type Logger } from './log';
 import { errorHandler, notFound } from './middleware/errors';
 import { requestId } from './middleware/request-id';
 import { chatStreamRouter } from './routes/chat-stream';
+import { demoRouter } from './routes/demo';
 import { healthRouter } from './routes/health';
 import { ChatService } from './service';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client';
@@ -50,6 +51,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
 
   app.use(healthRouter(service));
   app.use(chatStreamRouter(config, service));
+  app.use(demoRouter());
   app.use(notFound);
   app.use(errorHandler(logger));
 
