@@ -23,6 +23,11 @@ export interface StreamChatOptions {
   thinking?: boolean;
   temperature?: number;
   maxTokens?: number;
+  /**
+   * Continue an answer that already starts with this text (DeepSeek chat prefix completion);
+   * only the continuation is yielded. Used by the CLI's --resume.
+   */
+  prefix?: string;
   signal?: AbortSignal;
   /** Defaults: DEEPSEEK_API_KEY and DEEPSEEK_BASE_URL from the environment. */
   apiKey?: string;

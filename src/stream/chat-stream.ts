@@ -98,7 +98,10 @@ export class ChatStream implements DeltaSink {
     settings: EngineSettings,
     body: UpstreamBody,
     listener: StreamListener,
+    /** Continue this answer (chat prefix completion) instead of starting a new one. */
+    prefix = '',
   ) {
+    this.answer = prefix;
     this.client = client;
     this.s = settings;
     this.body = body;
