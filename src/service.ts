@@ -49,8 +49,8 @@ export class ChatService {
     this.settings = engineSettings(config);
   }
 
-  /** Throws `overloaded` or `shutting_down` when a new stream may not start. */
-  admit(): void {
+  /** Throws `overloaded` or `shutting_down` when a new stream may not start (`more` are pending). */
+  admit(more = 0): void {
     if (this.draining) {
       throw new ProxyError(
         'shutting_down',
@@ -60,7 +60,7 @@ export class ChatService {
         },
       );
     }
-    if (this.active.size >= this.config.maxConcurrentStreams) {
+    if (this.active.size + more >= this.config.maxConcurrentStreams) {
       throw new ProxyError('overloaded', 'too many concurrent streams; retry shortly', {
         retryAfterS: 1,
       });

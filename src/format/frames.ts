@@ -1,18 +1,16 @@
-// format/frames.ts: deltas -> wire frames for each client format. Envelopes are precomputed per
-// stream; per token the only work is one JSON string escape and one concatenation.
-
-import type { ProxyError } from '../errors';
-import type { Usage } from '../stream/interpreter';
+// format/frames.ts: journal events -> wire frames for each client format. Envelopes are
+// precomputed per stream; per token the only work is one JSON string escape and one concatenation.
 
 export interface Frames {
   readonly contentType: string;
   /** Written once when the stream opens (SSE `retry:`), or ''. */
   readonly preamble: string;
-  content(text: string): string;
-  reasoning(text: string): string;
-  done(finishReason: string, usage: Usage | undefined): string;
-  /** In-band error after the stream began; null when the format cannot carry one (text). */
-  error(err: ProxyError): string | null;
+  content(text: string, seq: number): string;
+  reasoning(text: string, seq: number): string;
+  /** `data` is the done event's JSON ({finish_reason, usage}). */
+  done(data: string, seq: number): string;
+  /** In-band error (`data` is its JSON); null when the format cannot carry one (text). */
+  error(data: string, seq: number): string | null;
   /** Heartbeat comment, or null when the format has none. */
   readonly ping: string | null;
 }
@@ -20,23 +18,20 @@ export interface Frames {
 /** SSE per the SPEC: ids `<requestId>:<seq>`, unnamed answer events, named reasoning/done/error. */
 export function sseFrames(requestId: string, retryMs: number): Frames {
   const id = `id: ${requestId}:`;
-  let seq = 0;
   return {
     contentType: 'text/event-stream; charset=utf-8',
     preamble: `retry: ${retryMs}\n\n`,
-    content(text) {
-      return `${id}${++seq}\ndata: {"content":${JSON.stringify(text)}}\n\n`;
+    content(text, seq) {
+      return `${id}${seq}\ndata: {"content":${JSON.stringify(text)}}\n\n`;
     },
-    reasoning(text) {
-      return `event: reasoning\n${id}${++seq}\ndata: {"content":${JSON.stringify(text)}}\n\n`;
+    reasoning(text, seq) {
+      return `event: reasoning\n${id}${seq}\ndata: {"content":${JSON.stringify(text)}}\n\n`;
     },
-    done(finishReason, usage) {
-      const data = JSON.stringify({ finish_reason: finishReason, usage: usage ?? null });
-      return `event: done\n${id}${++seq}\ndata: ${data}\n\n`;
+    done(data, seq) {
+      return `event: done\n${id}${seq}\ndata: ${data}\n\n`;
     },
-    error(err) {
-      const data = JSON.stringify({ code: err.code, message: err.message, ...err.details });
-      return `event: error\n${id}${++seq}\ndata: ${data}\n\n`;
+    error(data, seq) {
+      return `event: error\n${id}${seq}\ndata: ${data}\n\n`;
     },
     ping: ': ping\n\n',
   };
@@ -49,7 +44,7 @@ export function textFrames(includeReasoning: boolean): Frames {
     preamble: '',
     content: identity,
     reasoning: includeReasoning ? identity : empty,
-    done: () => '',
+    done: empty,
     error: () => null,
     ping: null,
   };

@@ -1,21 +1,25 @@
-// format/response-sink.ts: the StreamListener that writes one stream to one HTTP response, in any
-// Frames format. Owns the response headers, one socket write per upstream read, heartbeats, and
-// what a failure looks like: JSON before the first byte, in-band (or an aborted body) after.
+// format/response-sink.ts: writes one stream's events to one HTTP response, in any Frames
+// format, live or replayed from the journal. Owns the response headers, one socket write per
+// upstream read, heartbeats, and what a failure looks like: JSON before the first byte, in-band
+// (or an aborted body, for text) after.
 
 import type { ServerResponse } from 'node:http';
 import { errorBody, type ProxyError } from '../errors';
-import type { StreamListener } from '../stream/chat-stream';
-import type { Usage } from '../stream/interpreter';
+import type { JournalEvent } from '../journal/types';
 import type { Frames } from './frames';
 
 export interface ResponseSinkOptions {
   requestId: string;
   heartbeatMs: number;
-  /** Called once when the stream has ended, whatever the reason. */
-  onFinish?: () => void;
+  /** Status for the head: 200, or 206 for a ranged text resume. */
+  status?: number;
+  /** Text resume: skip this many UTF-8 bytes of the body first. */
+  skipBytes?: number;
+  /** Text mode counts reasoning as body bytes (include_reasoning). */
+  textIncludesReasoning?: boolean;
 }
 
-export class ResponseSink implements StreamListener {
+export class ResponseSink {
   bytesOut = 0;
   /** HTTP status sent, for the log line. */
   status = 0;
@@ -25,24 +29,34 @@ export class ResponseSink implements StreamListener {
   private wroteSinceTick = false;
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
+  private skip: number;
 
   constructor(
     private readonly res: ServerResponse,
     private readonly frames: Frames,
     private readonly opts: ResponseSinkOptions,
-  ) {}
+  ) {
+    this.skip = opts.skipBytes ?? 0;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
 
   open(): void {
     const res = this.res;
     if (res.headersSent || res.destroyed) return;
-    this.status = 200;
-    res.writeHead(200, {
+    this.status = this.opts.status ?? 200;
+    const headers: Record<string, string> = {
       'Content-Type': this.frames.contentType,
       'Cache-Control': 'no-cache, no-transform',
       'X-Accel-Buffering': 'no',
       'X-Request-Id': this.opts.requestId,
       Connection: 'keep-alive',
-    });
+    };
+    // The length of a live answer is unknown; clients (curl -C -) check the start offset.
+    if (this.status === 206) headers['Content-Range'] = `bytes ${this.opts.skipBytes ?? 0}-*/*`;
+    res.writeHead(this.status, headers);
     if (this.frames.preamble) res.write(this.frames.preamble);
     else res.flushHeaders();
     if (this.frames.ping !== null) {
@@ -51,14 +65,19 @@ export class ResponseSink implements StreamListener {
     }
   }
 
-  content(text: string): void {
-    this.pending += this.frames.content(text);
+  /** Hot path: one answer token. */
+  content(text: string, seq: number): void {
+    if (this.skip > 0) return this.skipText(text, seq, 'content');
+    this.pending += this.frames.content(text, seq);
   }
 
-  reasoning(text: string): void {
-    this.pending += this.frames.reasoning(text);
+  reasoning(text: string, seq: number): void {
+    if (this.skip > 0 && this.opts.textIncludesReasoning)
+      return this.skipText(text, seq, 'reasoning');
+    this.pending += this.frames.reasoning(text, seq);
   }
 
+  /** Write what is pending as one write; false means the client is not keeping up. */
   flush(): boolean {
     const out = this.pending;
     if (out.length === 0 || this.closed) return true;
@@ -66,50 +85,88 @@ export class ResponseSink implements StreamListener {
     this.wroteSinceTick = true;
     this.bytesOut += Buffer.byteLength(out);
     if (this.res.write(out)) return true;
-    // Backpressure (rare path): note the high-water mark for the log line, then pause upstream.
+    // Backpressure (rare path): note the high-water mark for the log line.
     if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
     return false;
   }
 
-  end(finishReason: string, usage: Usage | undefined): void {
-    this.pending += this.frames.done(finishReason, usage);
+  /** The answer finished: the done event, then a clean end of the body. */
+  done(data: string, seq: number): void {
+    this.pending += this.frames.done(data, seq);
     this.flush();
     this.close();
     this.res.end();
   }
 
-  fail(err: ProxyError, opened: boolean): void {
-    const res = this.res;
-    if (!opened || !res.headersSent) {
-      this.close();
-      if (res.headersSent || res.destroyed) {
-        res.destroy();
-        return;
-      }
-      this.status = err.status;
-      const headers: Record<string, string> = {
-        'Content-Type': 'application/json; charset=utf-8',
-        'X-Request-Id': this.opts.requestId,
-        'Cache-Control': 'no-store',
-      };
-      if (err.retryAfterS !== undefined) headers['Retry-After'] = String(err.retryAfterS);
-      res.writeHead(err.status, headers);
-      res.end(JSON.stringify(errorBody(err, this.opts.requestId)));
+  /** A failure after the stream began: in-band for SSE; for text, cut without the last chunk. */
+  error(data: string, seq: number): void {
+    const frame = this.frames.error(data, seq);
+    this.flush();
+    this.close();
+    if (frame === null) {
+      // A truncated text answer must never look complete.
+      this.res.destroy();
       return;
     }
-    const frame = this.frames.error(err);
-    if (frame === null) {
-      // Text has no in-band error: tokens already sent are flushed, then the body is cut without
-      // its final chunk so a truncated answer never looks complete.
-      this.flush();
-      this.close();
+    this.res.end(frame);
+  }
+
+  /** Any journal event (live follow or replay). */
+  event(ev: JournalEvent): void {
+    switch (ev.kind) {
+      case 'content':
+        return this.content(ev.data, ev.seq);
+      case 'reasoning':
+        return this.reasoning(ev.data, ev.seq);
+      case 'done':
+        return this.done(ev.data, ev.seq);
+      case 'error':
+        return this.error(ev.data, ev.seq);
+    }
+  }
+
+  /** A failure before anything was sent: the SPEC's JSON error with its status. */
+  failBeforeOpen(err: ProxyError): void {
+    const res = this.res;
+    this.close();
+    if (res.headersSent || res.destroyed) {
       res.destroy();
       return;
     }
-    this.pending += frame;
+    this.status = err.status;
+    const headers: Record<string, string> = {
+      'Content-Type': 'application/json; charset=utf-8',
+      'X-Request-Id': this.opts.requestId,
+      'Cache-Control': 'no-store',
+    };
+    if (err.retryAfterS !== undefined) headers['Retry-After'] = String(err.retryAfterS);
+    res.writeHead(err.status, headers);
+    res.end(JSON.stringify(errorBody(err, this.opts.requestId)));
+  }
+
+  /** The journal ran out without the stream's end (evicted, or abandoned): cut the response. */
+  abandon(): void {
+    if (this.closed) return;
+    this.error(
+      JSON.stringify({ code: 'stream_expired', message: 'the stream is no longer available' }),
+      0,
+    );
+  }
+
+  // Text resume: drop the first `skip` bytes of body text; a split character goes out as bytes.
+  private skipText(text: string, seq: number, kind: 'content' | 'reasoning'): void {
+    const bytes = Buffer.byteLength(text);
+    if (bytes <= this.skip) {
+      this.skip -= bytes;
+      return;
+    }
+    const tail = Buffer.from(text).subarray(this.skip);
+    this.skip = 0;
+    void seq;
+    void kind;
     this.flush();
-    this.close();
-    res.end();
+    this.bytesOut += tail.length;
+    this.res.write(tail);
   }
 
   private tick(): void {
@@ -123,6 +180,5 @@ export class ResponseSink implements StreamListener {
     if (this.closed) return;
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
-    this.opts.onFinish?.();
   }
 }

@@ -1,33 +1,100 @@
-// routes/chat-stream.ts: GET and POST /chat-stream. Thin: validate, pick the format, hand the
-// stream to the service, and wire the response's drain and close back to it.
+// routes/chat-stream.ts: GET and POST /chat-stream. Thin: decide between a new stream, an
+// idempotent replay, an SSE resume (Last-Event-ID) and a text resume (Range / X-Resume-At);
+// validate; hand new streams to the service; wire the response's drain and close.
 
+import { createHash } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
 import { sseFrames, textFrames } from '../format/frames';
 import { ResponseSink } from '../format/response-sink';
+import { StreamRecorder } from '../journal/recorder';
+import type { JournalStore } from '../journal/types';
+import { methodNotAllowed } from '../middleware/errors';
+import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService } from '../service';
 import { buildUpstreamBody } from '../upstream/request';
-import { parseChatStreamRequest } from './chat-request';
-import { methodNotAllowed } from '../middleware/errors';
+import { parseChatStreamRequest, type ChatStreamRequest } from './chat-request';
 
-export function chatStreamRouter(config: Config, service: ChatService): Router {
+export function chatStreamRouter(
+  config: Config,
+  service: ChatService,
+  journal: JournalStore,
+): Router {
   const router = Router();
 
   const handle = async (req: Request, res: Response, fromQuery: boolean) => {
     const src = (fromQuery ? req.query : req.body) as Record<string, unknown>;
-    const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
-    service.admit();
     const requestId = res.locals.requestId as string;
-    const frames =
-      parsed.format === 'sse'
-        ? sseFrames(requestId, config.sseRetryMs)
-        : textFrames(parsed.includeReasoning);
-    const sink = new ResponseSink(res, frames, { requestId, heartbeatMs: config.heartbeatMs });
+    const clientChoseId = req.headers['x-request-id'] === requestId;
+
+    // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects.
+    const lastEventId = req.headers['last-event-id'] ?? (fromQuery ? src.lastEventId : undefined);
+    if (lastEventId !== undefined) return resumeSse(res, String(lastEventId));
+
+    // 2. Text resume: `curl -C -` sends Range; X-Resume-At is the plain alternative.
+    const offset = resumeOffset(req);
+    if (offset !== undefined) {
+      if (!clientChoseId)
+        throw new ProxyError(
+          'invalid_request',
+          'a text resume needs the X-Request-ID of the stream',
+        );
+      const parsed = parseChatStreamRequest(src, fromQuery, 'text/plain', config);
+      return replay(res, requestId, 0, parsed, offset, 206);
+    }
+
+    const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
     const body = buildUpstreamBody(parsed.params);
+    const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64url');
+
+    // 3. Idempotency: a known X-Request-ID replays that stream instead of paying for another.
+    if (clientChoseId) {
+      const existing = await journal.meta(requestId);
+      if (existing) {
+        if (existing.fingerprint !== fingerprint) {
+          throw new ProxyError(
+            'request_id_conflict',
+            'this X-Request-ID belongs to a different request',
+          );
+        }
+        return replay(res, requestId, 0, parsed, 0, 200);
+      }
+    }
+    service.admit();
+    const claim = await journal.create(requestId, fingerprint);
+    if (!claim.created) {
+      // Lost a race with a concurrent request carrying the same id.
+      if (claim.meta.fingerprint !== fingerprint) {
+        throw new ProxyError(
+          'request_id_conflict',
+          'this X-Request-ID belongs to a different request',
+        );
+      }
+      return replay(res, requestId, 0, parsed, 0, 200);
+    }
+    return startStream(res, requestId, parsed, body);
+  };
+
+  async function startStream(
+    res: Response,
+    requestId: string,
+    parsed: ChatStreamRequest,
+    body: ReturnType<typeof buildUpstreamBody>,
+  ) {
+    const sink = new ResponseSink(res, framesFor(parsed, requestId), {
+      requestId,
+      heartbeatMs: config.heartbeatMs,
+    });
+    let abortStream: () => void = () => undefined;
+    const recorder = new StreamRecorder(journal, requestId, {
+      graceMs: config.resumeGraceMs,
+      abort: () => abortStream(),
+    });
+    recorder.attach(sink);
     await service.run(
       body,
-      sink,
+      recorder,
       {
         requestId,
         route: '/chat-stream',
@@ -38,14 +105,99 @@ export function chatStreamRouter(config: Config, service: ChatService): Router {
         peakBuffered: () => sink.peakBuffered,
       },
       (stream) => {
+        abortStream = () => stream.abort();
         res.on('drain', () => stream.resume());
-        // The client left before the end: stop the upstream so nobody pays for unread tokens.
+        // The client left before the end: generation goes on into the journal for the grace
+        // period, then stops unless someone resumed.
         res.on('close', () => {
-          if (!res.writableFinished) stream.abort();
+          if (!res.writableFinished) {
+            stream.resume();
+            recorder.detach();
+          }
         });
       },
     );
-  };
+    recorder.abandoned();
+  }
+
+  /** SSE resume after `<requestId>:<seq>`. */
+  async function resumeSse(res: Response, lastEventId: string) {
+    const colon = lastEventId.lastIndexOf(':');
+    const id = lastEventId.slice(0, colon);
+    const seqText = lastEventId.slice(colon + 1);
+    if (colon < 1 || !isSaneRequestId(id) || !/^\d{1,9}$/.test(seqText)) {
+      throw new ProxyError('invalid_request', 'Last-Event-ID must look like <requestId>:<seq>');
+    }
+    const seq = Number(seqText);
+    const meta = await journal.meta(id);
+    if (!meta || meta.overflow)
+      throw new ProxyError('stream_expired', 'that stream is unknown or expired');
+    if (meta.state !== 'live' && seq >= meta.lastSeq) {
+      // Everything was delivered: 204 tells EventSource to stop reconnecting.
+      res.setHeader('X-Request-Id', id);
+      res.status(204).end();
+      return;
+    }
+    const sink = new ResponseSink(res, sseFrames(id, config.sseRetryMs), {
+      requestId: id,
+      heartbeatMs: config.heartbeatMs,
+    });
+    return follow(res, sink, id, seq);
+  }
+
+  /** Replay a journaled stream from the start (idempotency) or from a text byte offset. */
+  async function replay(
+    res: Response,
+    id: string,
+    afterSeq: number,
+    parsed: ChatStreamRequest,
+    skipBytes: number,
+    status: number,
+  ) {
+    const meta = await journal.meta(id);
+    if (!meta || meta.overflow)
+      throw new ProxyError('stream_expired', 'that stream is unknown or expired');
+    const sink = new ResponseSink(res, framesFor(parsed, id), {
+      requestId: id,
+      heartbeatMs: config.heartbeatMs,
+      status,
+      skipBytes,
+      textIncludesReasoning: parsed.includeReasoning,
+    });
+    return follow(res, sink, id, afterSeq);
+  }
+
+  function follow(res: Response, sink: ResponseSink, id: string, afterSeq: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      sink.open();
+      let ended = false;
+      const sub = journal.subscribe(id, afterSeq, {
+        event(ev) {
+          sink.event(ev);
+          sink.flush();
+        },
+        end() {
+          if (ended) return;
+          ended = true;
+          sink.abandon();
+          resolve();
+        },
+      });
+      res.on('close', () => {
+        sub.close();
+        if (!ended) {
+          ended = true;
+          resolve();
+        }
+      });
+    });
+  }
+
+  function framesFor(parsed: ChatStreamRequest, id: string) {
+    return parsed.format === 'sse'
+      ? sseFrames(id, config.sseRetryMs)
+      : textFrames(parsed.includeReasoning);
+  }
 
   router.get('/chat-stream', (req, res) => handle(req, res, true));
   router.post('/chat-stream', (req, res) => {
@@ -59,4 +211,21 @@ export function chatStreamRouter(config: Config, service: ChatService): Router {
   });
   router.all('/chat-stream', methodNotAllowed(['GET', 'POST']));
   return router;
+}
+
+/** Byte offset of a text resume from `Range: bytes=N-` or `X-Resume-At: N`, if asked. */
+function resumeOffset(req: Request): number | undefined {
+  const range = req.headers.range;
+  if (typeof range === 'string') {
+    const m = /^bytes=(\d{1,15})-$/.exec(range.trim());
+    if (!m) throw new ProxyError('invalid_request', 'only "Range: bytes=N-" is supported');
+    return Number(m[1]);
+  }
+  const at = req.headers['x-resume-at'];
+  if (typeof at === 'string') {
+    if (!/^\d{1,15}$/.test(at.trim()))
+      throw new ProxyError('invalid_request', 'X-Resume-At must be a byte offset');
+    return Number(at.trim());
+  }
+  return undefined;
 }

@@ -39,6 +39,8 @@ export async function startStack(
     useSimulator: false,
     retryBaseDelayMs: 1,
     retryMaxDelayMs: 10,
+    // Tests of resume set their own grace; elsewhere a client that leaves stops the upstream now.
+    resumeGraceMs: 0,
     ...overrides,
   });
   const app = createApp(config, { logger: createLogger('info', dest) });

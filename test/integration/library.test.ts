@@ -37,7 +37,10 @@ describe('streamChat', () => {
     for await (const d of streamChat({ ...opts(), prompt, thinking: false })) {
       if (d.type === 'content' && ++n === 3) break;
     }
-    await waitFor(() => sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)?.clientClosed === true);
+    await waitFor(
+      () =>
+        sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)?.clientClosed === true,
+    );
   });
 
   it('an aborted signal ends the iteration with an AbortError and closes the upstream', async () => {
@@ -46,26 +49,36 @@ describe('streamChat', () => {
     const seen: string[] = [];
     await expect(
       (async () => {
-        for await (const d of streamChat({ ...opts(), prompt, thinking: false, signal: ac.signal })) {
+        for await (const d of streamChat({
+          ...opts(),
+          prompt,
+          thinking: false,
+          signal: ac.signal,
+        })) {
           if (d.type === 'content') seen.push(d.text);
           if (seen.length === 2) ac.abort();
         }
       })(),
     ).rejects.toMatchObject({ name: 'AbortError' });
-    await waitFor(() => sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)?.clientClosed === true);
+    await waitFor(
+      () =>
+        sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)?.clientClosed === true,
+    );
   });
 
   it('upstream errors are thrown as ProxyError with the SPEC code', async () => {
     await expect(
       (async () => {
-        for await (const _ of streamChat({ ...opts(), prompt: 'library 402 [[status=402]]' })) void _;
+        for await (const _ of streamChat({ ...opts(), prompt: 'library 402 [[status=402]]' }))
+          void _;
       })(),
     ).rejects.toMatchObject({ code: 'upstream_insufficient_balance' });
   });
 
   it('toReadable gives the answer text as a Node stream', async () => {
     const parts: string[] = [];
-    for await (const chunk of toReadable({ ...opts(), prompt: 'library readable' })) parts.push(String(chunk));
+    for await (const chunk of toReadable({ ...opts(), prompt: 'library readable' }))
+      parts.push(String(chunk));
     expect(parts.join('')).toBe(simulateAnswer('library readable').text);
   });
 

@@ -1,0 +1,194 @@
+// journal/memory-store.ts: the in-process journal. Bounded per stream and in total (the oldest
+// streams are evicted first), swept for TTL on an unref()ed timer, shutdown() to stop it.
+// Subscribers are called synchronously as events are appended.
+
+import {
+  EVENT_OVERHEAD_BYTES,
+  type JournalEvent,
+  type JournalLimits,
+  type JournalStore,
+  type StreamMeta,
+  type SubscribeHandlers,
+  type Subscription,
+} from './types';
+
+interface Entry {
+  meta: StreamMeta;
+  events: JournalEvent[];
+  bytes: number;
+  expiresAt: number;
+  subscribers: Set<Sub>;
+}
+
+interface Sub {
+  afterSeq: number;
+  handlers: SubscribeHandlers;
+  closed: boolean;
+}
+
+export class MemoryJournalStore implements JournalStore {
+  /** Insertion order = age: eviction takes from the front. */
+  private readonly streams = new Map<string, Entry>();
+  private totalBytes = 0;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(private readonly limits: JournalLimits) {
+    this.sweeper = setInterval(() => this.sweep(), Math.min(limits.ttlMs, 30_000));
+    this.sweeper.unref();
+  }
+
+  get size(): number {
+    return this.streams.size;
+  }
+
+  get bytes(): number {
+    return this.totalBytes;
+  }
+
+  async create(id: string, fingerprint: string) {
+    const existing = this.live(id);
+    if (existing) return { created: false as const, meta: { ...existing.meta } };
+    this.streams.set(id, {
+      meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false },
+      events: [],
+      bytes: 0,
+      expiresAt: Date.now() + this.limits.ttlMs,
+      subscribers: new Set(),
+    });
+    return { created: true as const };
+  }
+
+  async meta(id: string) {
+    const e = this.live(id);
+    return e ? { ...e.meta } : undefined;
+  }
+
+  append(id: string, events: JournalEvent[], bytes: number): boolean {
+    const e = this.streams.get(id);
+    if (!e || e.meta.overflow) return false;
+    if (e.bytes + bytes > this.limits.maxBytesPerStream) {
+      // Over budget: keep nothing more; a resume could not be exact, so it will be refused.
+      e.meta.overflow = true;
+      return false;
+    }
+    for (const ev of events) e.events.push(ev);
+    e.bytes += bytes;
+    this.totalBytes += bytes;
+    e.meta.lastSeq = events[events.length - 1]?.seq ?? e.meta.lastSeq;
+    if (e.subscribers.size > 0) this.notify(e, events);
+    if (this.totalBytes > this.limits.maxBytesTotal) this.evict(id);
+    return true;
+  }
+
+  finish(id: string, state: 'done' | 'failed'): void {
+    const e = this.streams.get(id);
+    if (!e) return;
+    e.meta.state = state;
+    e.expiresAt = Date.now() + this.limits.ttlMs;
+    for (const s of e.subscribers) this.endSub(e, s);
+  }
+
+  remove(id: string): void {
+    const e = this.streams.get(id);
+    if (!e) return;
+    this.drop(id, e);
+  }
+
+  subscribe(id: string, afterSeq: number, handlers: SubscribeHandlers): Subscription {
+    const sub: Sub = { afterSeq, handlers, closed: false };
+    const e = this.live(id);
+    if (!e) {
+      handlers.end();
+      return { close() {} };
+    }
+    // Replay what is stored, then stay subscribed for what comes next.
+    for (const ev of e.events) {
+      if (ev.seq > sub.afterSeq) {
+        sub.afterSeq = ev.seq;
+        handlers.event(ev);
+        if (sub.closed) return { close() {} };
+      }
+    }
+    if (e.meta.state !== 'live') {
+      handlers.end();
+      return { close() {} };
+    }
+    e.subscribers.add(sub);
+    return {
+      close: () => {
+        sub.closed = true;
+        e.subscribers.delete(sub);
+      },
+    };
+  }
+
+  async followers(id: string): Promise<number> {
+    return this.streams.get(id)?.subscribers.size ?? 0;
+  }
+
+  async ping(): Promise<boolean> {
+    return true;
+  }
+
+  async shutdown(): Promise<void> {
+    clearInterval(this.sweeper);
+    for (const e of this.streams.values()) for (const s of e.subscribers) this.endSub(e, s);
+    this.streams.clear();
+    this.totalBytes = 0;
+  }
+
+  private notify(e: Entry, events: JournalEvent[]): void {
+    for (const s of e.subscribers) {
+      for (const ev of events) {
+        if (s.closed) break;
+        if (ev.seq > s.afterSeq) {
+          s.afterSeq = ev.seq;
+          s.handlers.event(ev);
+        }
+      }
+    }
+  }
+
+  private endSub(e: Entry, s: Sub): void {
+    e.subscribers.delete(s);
+    if (!s.closed) {
+      s.closed = true;
+      s.handlers.end();
+    }
+  }
+
+  private live(id: string): Entry | undefined {
+    const e = this.streams.get(id);
+    if (e && e.meta.state !== 'live' && e.expiresAt <= Date.now()) {
+      this.drop(id, e);
+      return undefined;
+    }
+    return e;
+  }
+
+  /** Oldest first, never the stream being written right now. */
+  private evict(keep: string): void {
+    for (const [id, e] of this.streams) {
+      if (this.totalBytes <= this.limits.maxBytesTotal) return;
+      if (id !== keep) this.drop(id, e);
+    }
+  }
+
+  private drop(id: string, e: Entry): void {
+    this.streams.delete(id);
+    this.totalBytes -= e.bytes;
+    for (const s of e.subscribers) this.endSub(e, s);
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [id, e] of this.streams) {
+      if (e.expiresAt <= now && (e.meta.state !== 'live' || e.subscribers.size === 0))
+        this.drop(id, e);
+    }
+  }
+}
+
+export function eventBytes(ev: JournalEvent): number {
+  return ev.data.length + EVENT_OVERHEAD_BYTES;
+}

@@ -1,0 +1,137 @@
+// journal/recorder.ts: between the engine and the client. Numbers every event, appends them to
+// the journal once per upstream read, and forwards them to the attached client, if any. When the
+// client leaves, generation goes on into the journal for the resume grace period; if nobody has
+// come back (in any process) by then, the upstream is aborted.
+
+import type { ProxyError } from '../errors';
+import type { ResponseSink } from '../format/response-sink';
+import type { StreamListener } from '../stream/chat-stream';
+import type { Usage } from '../stream/interpreter';
+import { EVENT_OVERHEAD_BYTES, type JournalEvent, type JournalStore } from './types';
+
+export interface RecorderOptions {
+  graceMs: number;
+  /** Stop the upstream (nobody is reading and nobody came back). */
+  abort: () => void;
+}
+
+export class StreamRecorder implements StreamListener {
+  private seq = 0;
+  private batch: JournalEvent[] = [];
+  private batchBytes = 0;
+  private client: ResponseSink | undefined;
+  private finished = false;
+  private journaling = true;
+  private grace: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: JournalStore,
+    private readonly id: string,
+    private readonly opts: RecorderOptions,
+  ) {}
+
+  attach(sink: ResponseSink): void {
+    this.client = sink;
+  }
+
+  /** The client hung up mid-stream. */
+  detach(): void {
+    this.client = undefined;
+    if (this.finished) return;
+    if (this.opts.graceMs <= 0 || !this.journaling) {
+      this.opts.abort();
+      return;
+    }
+    this.grace = setTimeout(() => void this.graceOver(), this.opts.graceMs);
+    this.grace.unref();
+  }
+
+  open(): void {
+    this.client?.open();
+  }
+
+  // Hot path: one token. One small object for the journal; the client gets the text directly.
+  content(text: string): void {
+    const seq = ++this.seq;
+    if (this.journaling) this.record({ seq, kind: 'content', data: text });
+    this.client?.content(text, seq);
+  }
+
+  reasoning(text: string): void {
+    const seq = ++this.seq;
+    if (this.journaling) this.record({ seq, kind: 'reasoning', data: text });
+    this.client?.reasoning(text, seq);
+  }
+
+  flush(): boolean {
+    this.flushJournal();
+    return this.client ? this.client.flush() : true;
+  }
+
+  end(finishReason: string, usage: Usage | undefined): void {
+    const data = JSON.stringify({ finish_reason: finishReason, usage: usage ?? null });
+    const seq = ++this.seq;
+    this.terminal({ seq, kind: 'done', data }, 'done');
+    this.client?.done(data, seq);
+  }
+
+  fail(err: ProxyError, opened: boolean): void {
+    if (!opened) {
+      // Nothing began: forget the id so a retry with the same X-Request-ID starts afresh.
+      this.finished = true;
+      this.clearGrace();
+      this.store.remove(this.id);
+      this.client?.failBeforeOpen(err);
+      return;
+    }
+    const data = JSON.stringify({ code: err.code, message: err.message, ...err.details });
+    const seq = ++this.seq;
+    this.terminal({ seq, kind: 'error', data }, 'failed');
+    this.client?.error(data, seq);
+  }
+
+  /** The engine stopped without telling the client (it left and nobody came back). */
+  abandoned(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.flushJournal();
+    this.store.finish(this.id, 'failed');
+  }
+
+  private record(ev: JournalEvent): void {
+    this.batch.push(ev);
+    this.batchBytes += ev.data.length + EVENT_OVERHEAD_BYTES;
+  }
+
+  private flushJournal(): void {
+    if (this.batch.length === 0) return;
+    const events = this.batch;
+    const bytes = this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+    if (!this.store.append(this.id, events, bytes)) {
+      // Over the journal budget: the stream can no longer be resumed exactly.
+      this.journaling = false;
+      if (!this.client) this.opts.abort();
+    }
+  }
+
+  private terminal(ev: JournalEvent, state: 'done' | 'failed'): void {
+    this.finished = true;
+    this.clearGrace();
+    if (this.journaling) this.record(ev);
+    this.flushJournal();
+    this.store.finish(this.id, state);
+  }
+
+  private async graceOver(): Promise<void> {
+    if (this.finished || this.client) return;
+    const followers = await this.store.followers(this.id).catch(() => 0);
+    if (followers === 0 && !this.finished) this.opts.abort();
+  }
+
+  private clearGrace(): void {
+    if (this.grace) clearTimeout(this.grace);
+    this.grace = undefined;
+  }
+}

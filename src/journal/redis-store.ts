@@ -1,0 +1,202 @@
+// journal/redis-store.ts: the journal in Redis, so a resume can land on any worker or host.
+// Events live in a Redis stream per request (entry ids `0-<seq>`), meta in a hash, both with the
+// TTL. Appends are one pipeline per upstream read (never a round trip per token); followers use
+// blocking XREAD on a connection of their own, not polling loops.
+
+import Redis from 'ioredis';
+import type {
+  JournalEvent,
+  JournalLimits,
+  JournalStore,
+  StreamMeta,
+  StreamState,
+  SubscribeHandlers,
+  Subscription,
+} from './types';
+
+const BLOCK_MS = 1000;
+const READ_COUNT = 512;
+
+export class RedisJournalStore implements JournalStore {
+  private readonly redis: Redis;
+  /** Budget accounting for the streams this process writes. */
+  private readonly written = new Map<string, number>();
+  private readonly followersOpen = new Set<Redis>();
+
+  constructor(
+    url: string,
+    private readonly limits: JournalLimits,
+    private readonly prefix = 'dsp:',
+    private readonly onError: (err: unknown) => void = () => undefined,
+  ) {
+    this.redis = new Redis(url, {
+      maxRetriesPerRequest: 2,
+      enableOfflineQueue: true,
+      lazyConnect: false,
+    });
+    this.redis.on('error', onError);
+  }
+
+  private mKey(id: string) {
+    return `${this.prefix}m:${id}`;
+  }
+  private eKey(id: string) {
+    return `${this.prefix}e:${id}`;
+  }
+  private fKey(id: string) {
+    return `${this.prefix}f:${id}`;
+  }
+
+  async create(id: string, fingerprint: string) {
+    const created = await this.redis.hsetnx(this.mKey(id), 'fp', fingerprint);
+    if (created === 1) {
+      await this.redis
+        .multi()
+        .hset(this.mKey(id), 'state', 'live', 'lastSeq', '0', 'overflow', '0')
+        .pexpire(this.mKey(id), this.limits.ttlMs)
+        .exec();
+      this.written.set(id, 0);
+      return { created: true as const };
+    }
+    const meta = await this.meta(id);
+    return {
+      created: false as const,
+      meta: meta ?? { id, fingerprint: '', state: 'live' as const, lastSeq: 0, overflow: false },
+    };
+  }
+
+  async meta(id: string): Promise<StreamMeta | undefined> {
+    const h = await this.redis.hgetall(this.mKey(id));
+    if (!h.fp) return undefined;
+    return {
+      id,
+      fingerprint: h.fp,
+      state: (h.state as StreamState | undefined) ?? 'live',
+      lastSeq: Number(h.lastSeq ?? 0),
+      overflow: h.overflow === '1',
+    };
+  }
+
+  append(id: string, events: JournalEvent[], bytes: number): boolean {
+    const used = this.written.get(id);
+    if (used === undefined) return false;
+    if (used + bytes > this.limits.maxBytesPerStream) {
+      this.written.delete(id);
+      this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
+      return false;
+    }
+    this.written.set(id, used + bytes);
+    const p = this.redis.pipeline();
+    const key = this.eKey(id);
+    for (const ev of events) p.xadd(key, `0-${ev.seq}`, 'k', ev.kind, 'd', ev.data);
+    const last = events[events.length - 1];
+    if (last) p.hset(this.mKey(id), 'lastSeq', String(last.seq));
+    if (used === 0) p.pexpire(key, this.limits.ttlMs);
+    p.exec().catch(this.onError);
+    return true;
+  }
+
+  finish(id: string, state: 'done' | 'failed'): void {
+    this.written.delete(id);
+    this.redis
+      .multi()
+      .hset(this.mKey(id), 'state', state)
+      .pexpire(this.mKey(id), this.limits.ttlMs)
+      .pexpire(this.eKey(id), this.limits.ttlMs)
+      .exec()
+      .catch(this.onError);
+  }
+
+  remove(id: string): void {
+    this.written.delete(id);
+    this.redis.del(this.mKey(id), this.eKey(id)).catch(this.onError);
+  }
+
+  subscribe(id: string, afterSeq: number, handlers: SubscribeHandlers): Subscription {
+    const conn = this.redis.duplicate();
+    conn.on('error', this.onError);
+    this.followersOpen.add(conn);
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      this.followersOpen.delete(conn);
+      conn.disconnect();
+      this.redis.decr(this.fKey(id)).catch(this.onError);
+    };
+    this.redis
+      .multi()
+      .incr(this.fKey(id))
+      .pexpire(this.fKey(id), this.limits.ttlMs)
+      .exec()
+      .catch(this.onError);
+
+    const run = async () => {
+      let last = afterSeq;
+      const key = this.eKey(id);
+      for (;;) {
+        if (closed) return;
+        const res = (await conn.xread(
+          'COUNT',
+          READ_COUNT,
+          'BLOCK',
+          BLOCK_MS,
+          'STREAMS',
+          key,
+          `0-${last}`,
+        )) as Array<[string, Array<[string, string[]]>]> | null;
+        if (closed) return;
+        const entries = res?.[0]?.[1] ?? [];
+        for (const [entryId, fields] of entries) {
+          const seq = Number(entryId.slice(2));
+          const ev: JournalEvent = {
+            seq,
+            kind: fields[1] as JournalEvent['kind'],
+            data: fields[3] ?? '',
+          };
+          last = seq;
+          handlers.event(ev);
+          if (closed) return;
+          if (ev.kind === 'done' || ev.kind === 'error') {
+            close();
+            handlers.end();
+            return;
+          }
+        }
+        if (entries.length === 0) {
+          const meta = await this.meta(id);
+          if (!meta || (meta.state !== 'live' && meta.lastSeq <= last)) {
+            close();
+            handlers.end();
+            return;
+          }
+        }
+      }
+    };
+    run().catch((err) => {
+      if (closed) return;
+      this.onError(err);
+      close();
+      handlers.end();
+    });
+    return { close };
+  }
+
+  async followers(id: string): Promise<number> {
+    return Number((await this.redis.get(this.fKey(id))) ?? 0);
+  }
+
+  async ping(): Promise<boolean> {
+    try {
+      return (await this.redis.ping()) === 'PONG';
+    } catch {
+      return false;
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    for (const c of this.followersOpen) c.disconnect();
+    this.followersOpen.clear();
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}

@@ -1,0 +1,68 @@
+// journal/types.ts: the resume journal's shapes and the small interface every store implements
+// (memory, Redis). One contract test suite runs against all of them.
+
+/** One numbered event of a stream, format-agnostic: formatters turn it into SSE, text, NDJSON. */
+export interface JournalEvent {
+  seq: number;
+  kind: 'content' | 'reasoning' | 'done' | 'error';
+  /** Token text for content/reasoning; a JSON object string for done/error. */
+  data: string;
+}
+
+export type StreamState = 'live' | 'done' | 'failed';
+
+export interface StreamMeta {
+  id: string;
+  /** Hash of the request that created the stream: the same id with another body is a conflict. */
+  fingerprint: string;
+  state: StreamState;
+  /** Highest seq appended. */
+  lastSeq: number;
+  /** The stream outgrew its journal budget: it cannot be resumed. */
+  overflow: boolean;
+}
+
+export interface SubscribeHandlers {
+  /** Events after the requested seq, in order: first the stored ones, then live ones. */
+  event(ev: JournalEvent): void;
+  /** The stream's last event was delivered (or the stream is gone). */
+  end(): void;
+}
+
+export interface Subscription {
+  close(): void;
+}
+
+export interface JournalStore {
+  /** Claim `id` for a new stream, atomically. If it exists, its meta comes back instead. */
+  create(
+    id: string,
+    fingerprint: string,
+  ): Promise<{ created: true } | { created: false; meta: StreamMeta }>;
+  meta(id: string): Promise<StreamMeta | undefined>;
+  /**
+   * Append events (called once per upstream read, not per token). Fire and forget, in order.
+   * Returns false when the stream is over its byte budget (it is then marked overflow).
+   */
+  append(id: string, events: JournalEvent[], bytes: number): boolean;
+  /** Mark the stream finished; it stays readable until its TTL. */
+  finish(id: string, state: 'done' | 'failed'): void;
+  /** Forget a stream (it failed before it began: a retry with the same id starts afresh). */
+  remove(id: string): void;
+  /** Replay events after `afterSeq`, then follow live ones until the stream ends. */
+  subscribe(id: string, afterSeq: number, handlers: SubscribeHandlers): Subscription;
+  /** How many subscribers follow the stream, in any process. */
+  followers(id: string): Promise<number>;
+  /** Reachable and working (for /readyz). */
+  ping(): Promise<boolean>;
+  shutdown(): Promise<void>;
+}
+
+export interface JournalLimits {
+  ttlMs: number;
+  maxBytesPerStream: number;
+  maxBytesTotal: number;
+}
+
+/** Budget charge for one event: its text plus a fixed overhead for the record. */
+export const EVENT_OVERHEAD_BYTES = 48;

@@ -1,0 +1,51 @@
+// test/helpers/proc.ts: run src/server.ts as a child process (as `npm start` would, minus the
+// build) and find the port it listens on.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { waitFor } from './stack';
+
+const root = path.resolve(__dirname, '../..');
+const tsx = path.join(root, 'node_modules/.bin/tsx');
+
+export interface ServerProc {
+  child: ChildProcess;
+  out: string[];
+  exit: Promise<number | null>;
+  url(): string;
+  ready(): Promise<string>;
+  stop(): Promise<number | null>;
+}
+
+export function startServerProcess(env: Record<string, string>): ServerProc {
+  const child = spawn(tsx, ['src/server.ts'], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out: string[] = [];
+  child.stdout!.on('data', (b: Buffer) => out.push(b.toString()));
+  child.stderr!.on('data', (b: Buffer) => out.push(b.toString()));
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const port = (): number | undefined => {
+    for (const line of out.join('').split('\n')) {
+      if (line.includes('"listening"')) return (JSON.parse(line) as { port: number }).port;
+    }
+    return undefined;
+  };
+  const url = () => `http://127.0.0.1:${port()}`;
+  return {
+    child,
+    out,
+    exit,
+    url,
+    async ready() {
+      await waitFor(() => port() !== undefined, 20_000, 'server listening');
+      return url();
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exit;
+    },
+  };
+}
