@@ -11,6 +11,7 @@ import { batchRouter } from './routes/batch';
 import { chatStreamRouter } from './routes/chat-stream';
 import { demoRouter } from './routes/demo';
 import { healthRouter } from './routes/health';
+import { openAiRouter } from './routes/openai';
 import { ChatService } from './service';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client';
 import { MemoryJournalStore } from './journal/memory-store';
@@ -58,6 +59,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   );
 
   app.use(healthRouter(service, journal));
+  app.use(openAiRouter(config, service));
   app.use(batchRouter(config, service));
   app.use(chatStreamRouter(config, service, journal));
   app.use(demoRouter());

@@ -102,3 +102,18 @@ export function asProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   return new ProxyError('internal_error', 'internal error', { cause: err });
 }
+
+/** The OpenAI error shape, for /v1 (what the openai SDK and the AI SDK parse). */
+export function openAiErrorBody(err: ProxyError, requestId?: string) {
+  const type =
+    err.status === 401 || err.code === 'upstream_auth_failed'
+      ? 'authentication_error'
+      : err.status === 429
+        ? 'rate_limit_error'
+        : err.status < 500
+          ? 'invalid_request_error'
+          : 'api_error';
+  return {
+    error: { message: err.message, type, param: null, code: err.code, request_id: requestId },
+  };
+}

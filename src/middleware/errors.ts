@@ -2,7 +2,7 @@
 // method 405, and every error (body-parser's included) becomes the SPEC's JSON shape.
 
 import type { NextFunction, Request, Response } from 'express';
-import { ProxyError, asProxyError, errorBody } from '../errors';
+import { ProxyError, asProxyError, errorBody, openAiErrorBody } from '../errors';
 import type { Logger } from '../log';
 
 export function notFound(req: Request, _res: Response, next: NextFunction): void {
@@ -38,7 +38,7 @@ function fromBodyParser(err: unknown): ProxyError | undefined {
 }
 
 export function errorHandler(log: Logger) {
-  return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
+  return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const e = fromBodyParser(err) ?? asProxyError(err);
     const requestId = res.locals.requestId as string | undefined;
     if (e.code === 'internal_error')
@@ -48,7 +48,11 @@ export function errorHandler(log: Logger) {
       return;
     }
     if (e.retryAfterS !== undefined) res.setHeader('Retry-After', String(e.retryAfterS));
-    res.status(e.status).json(errorBody(e, requestId));
+    // The OpenAI-compatible surface answers in the OpenAI shape, which its SDKs parse.
+    const body = req.path.startsWith('/v1/')
+      ? openAiErrorBody(e, requestId)
+      : errorBody(e, requestId);
+    res.status(e.status).json(body);
   };
 }
 

@@ -1,0 +1,270 @@
+// routes/openai.ts: the OpenAI-compatible surface. POST /v1/chat/completions takes the body as
+// DeepSeek does (model limited to the allowlist, aliases resolved, the server's key injected) and
+// streams the upstream's chunk objects through untouched, ending with `data: [DONE]`; with
+// `stream: false` it answers one JSON completion, assembled from the same upstream stream so
+// retries, time limits and resume apply alike. GET /v1/models lists the allowlist.
+
+import type { ServerResponse } from 'node:http';
+import { Router, type Request, type Response } from 'express';
+import type { Config } from '../config';
+import { ProxyError, openAiErrorBody } from '../errors';
+import { methodNotAllowed } from '../middleware/errors';
+import type { ChatService } from '../service';
+import type { StreamListener } from '../stream/chat-stream';
+import type { Usage } from '../stream/interpreter';
+import { resolveModel } from '../upstream/deepseek';
+import type { UpstreamBody } from '../upstream/request';
+
+export function openAiRouter(config: Config, service: ChatService): Router {
+  const router = Router();
+
+  router.get('/v1/models', (_req, res) => {
+    res.json({
+      object: 'list',
+      data: config.allowedModels.map((id) => ({
+        id,
+        object: 'model',
+        created: 0,
+        owned_by: 'deepseek',
+      })),
+    });
+  });
+  router.all('/v1/models', methodNotAllowed(['GET']));
+
+  router.post('/v1/chat/completions', async (req: Request, res: Response) => {
+    if (!req.is('application/json') && !req.is('+json')) {
+      throw new ProxyError(
+        'unsupported_media_type',
+        'POST /v1/chat/completions takes application/json',
+      );
+    }
+    const body = shapeBody(req.body, config);
+    service.admit();
+    const requestId = res.locals.requestId as string;
+    const stream = body.stream === true;
+    const listener = stream
+      ? new OpenAiStreamSink(res, requestId)
+      : new OpenAiAggregateSink(res, requestId);
+    body.stream = true; // non-stream answers are assembled from the stream
+    await service.run(
+      body,
+      listener,
+      {
+        requestId,
+        route: '/v1/chat/completions',
+        format: stream ? 'openai-sse' : 'openai-json',
+        model: String(req.body.model ?? config.defaultModel),
+        bytesOut: () => listener.bytesOut,
+        status: () => listener.status,
+      },
+      (s) => {
+        res.on('drain', () => s.resume());
+        res.on('close', () => {
+          if (!res.writableFinished) s.abort();
+        });
+      },
+    );
+  });
+  router.all('/v1/chat/completions', methodNotAllowed(['POST']));
+  return router;
+}
+
+/** Validate just enough, resolve the model, keep every other field the client sent. */
+function shapeBody(raw: unknown, config: Config): UpstreamBody {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ProxyError('invalid_request', 'the body must be a JSON object');
+  }
+  const src = raw as Record<string, unknown>;
+  const messages = src.messages;
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new ProxyError('invalid_request', '"messages" must be a non-empty array');
+  }
+  let chars = 0;
+  for (const m of messages as unknown[]) {
+    if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') {
+      throw new ProxyError('invalid_request', 'each message must be an object with a "role"');
+    }
+    const c = (m as { content?: unknown }).content;
+    if (typeof c === 'string') chars += c.length;
+  }
+  if (chars > config.maxPromptChars) {
+    throw new ProxyError(
+      'payload_too_large',
+      `the messages exceed MAX_PROMPT_CHARS (${config.maxPromptChars})`,
+    );
+  }
+  const model = src.model ?? config.defaultModel;
+  if (typeof model !== 'string' || !config.allowedModels.includes(model)) {
+    throw new ProxyError(
+      'invalid_request',
+      `unknown model "${String(model).slice(0, 64)}"; allowed: ${config.allowedModels.join(', ')}`,
+    );
+  }
+  if (src.stream !== undefined && typeof src.stream !== 'boolean') {
+    throw new ProxyError('invalid_request', '"stream" must be a boolean');
+  }
+  const target = resolveModel(model);
+  const body = { ...src, model: target.model } as UpstreamBody;
+  if (target.thinking && src.thinking === undefined) body.thinking = { type: target.thinking };
+  return body;
+}
+
+/** Streaming: the upstream's chunk objects verbatim, one write per upstream read. */
+class OpenAiStreamSink implements StreamListener {
+  bytesOut = 0;
+  status = 0;
+  private pending = '';
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly requestId: string,
+  ) {}
+
+  open(): void {
+    this.status = 200;
+    this.res.writeHead(200, {
+      'Content-Type': 'text/event-stream; charset=utf-8',
+      'Cache-Control': 'no-cache, no-transform',
+      'X-Accel-Buffering': 'no',
+      'X-Request-Id': this.requestId,
+    });
+    this.res.flushHeaders();
+  }
+  // Hot path: pass the upstream's bytes on; no parse-and-reserialise.
+  chunk(data: string): void {
+    this.pending += `data: ${data}\n\n`;
+  }
+  content(): void {}
+  reasoning(): void {}
+  flush(): boolean {
+    if (this.pending === '') return true;
+    const out = this.pending;
+    this.pending = '';
+    this.bytesOut += out.length;
+    return this.res.write(out);
+  }
+  end(): void {
+    this.pending += 'data: [DONE]\n\n';
+    this.flush();
+    this.res.end();
+  }
+  fail(err: ProxyError, opened: boolean): void {
+    if (!opened || !this.res.headersSent) return sendJsonError(this.res, err, this.requestId, this);
+    // In-band: an error object the OpenAI SDKs raise as an APIError.
+    this.pending += `data: ${JSON.stringify(openAiErrorBody(err, this.requestId))}\n\n`;
+    this.flush();
+    this.res.end();
+  }
+}
+
+interface ToolCall {
+  index: number;
+  id?: string;
+  type?: string;
+  function: { name: string; arguments: string };
+}
+
+/** Non-stream: one chat.completion assembled from the upstream's chunks. */
+class OpenAiAggregateSink implements StreamListener {
+  bytesOut = 0;
+  status = 0;
+  private id = '';
+  private created = 0;
+  private model = '';
+  private fingerprint: string | undefined;
+  private answer = '';
+  private reasoningText = '';
+  private toolCalls: ToolCall[] = [];
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly requestId: string,
+  ) {}
+
+  open(): void {}
+  chunk(data: string): void {
+    const c = JSON.parse(data) as {
+      id?: string;
+      created?: number;
+      model?: string;
+      system_fingerprint?: string;
+      choices?: Array<{
+        delta?: {
+          content?: string | null;
+          reasoning_content?: string | null;
+          tool_calls?: ToolCall[];
+        };
+      }>;
+    };
+    if (!this.id && c.id) this.id = c.id;
+    if (!this.created && c.created) this.created = c.created;
+    if (!this.model && c.model) this.model = c.model;
+    if (c.system_fingerprint) this.fingerprint = c.system_fingerprint;
+    const d = c.choices?.[0]?.delta;
+    if (!d) return;
+    if (typeof d.content === 'string') this.answer += d.content;
+    if (typeof d.reasoning_content === 'string') this.reasoningText += d.reasoning_content;
+    for (const t of d.tool_calls ?? []) {
+      const slot = (this.toolCalls[t.index] ??= {
+        index: t.index,
+        function: { name: '', arguments: '' },
+      });
+      if (t.id) slot.id = t.id;
+      if (t.type) slot.type = t.type;
+      if (t.function?.name) slot.function.name += t.function.name;
+      if (t.function?.arguments) slot.function.arguments += t.function.arguments;
+    }
+  }
+  content(): void {}
+  reasoning(): void {}
+  flush(): boolean {
+    return true;
+  }
+  end(finishReason: string, usage: Usage | undefined): void {
+    const message: Record<string, unknown> = { role: 'assistant', content: this.answer };
+    if (this.reasoningText) message.reasoning_content = this.reasoningText;
+    if (this.toolCalls.length > 0) {
+      message.tool_calls = this.toolCalls.map(({ index: _i, ...t }) => ({
+        type: 'function',
+        ...t,
+      }));
+    }
+    const body = JSON.stringify({
+      id: this.id,
+      object: 'chat.completion',
+      created: this.created,
+      model: this.model,
+      system_fingerprint: this.fingerprint,
+      choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason }],
+      usage: usage ?? null,
+    });
+    this.status = 200;
+    this.bytesOut = body.length;
+    this.res.writeHead(200, {
+      'Content-Type': 'application/json; charset=utf-8',
+      'X-Request-Id': this.requestId,
+    });
+    this.res.end(body);
+  }
+  fail(err: ProxyError): void {
+    sendJsonError(this.res, err, this.requestId, this);
+  }
+}
+
+function sendJsonError(
+  res: ServerResponse,
+  err: ProxyError,
+  requestId: string,
+  sink: { status: number },
+): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  sink.status = err.status;
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/json; charset=utf-8',
+    'X-Request-Id': requestId,
+  };
+  if (err.retryAfterS !== undefined) headers['Retry-After'] = String(err.retryAfterS);
+  res.writeHead(err.status, headers);
+  res.end(JSON.stringify(openAiErrorBody(err, requestId)));
+}

@@ -1,0 +1,150 @@
+// /v1: the official openai package and the Vercel AI SDK, pointed at the proxy, just work.
+
+import OpenAI from 'openai';
+import { streamText, generateText } from 'ai';
+import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import { simulateAnswer } from '../../src/simulator/answer';
+import { request, startStack, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+let client: OpenAI;
+beforeAll(async () => {
+  stack = await startStack();
+  client = new OpenAI({ apiKey: 'unused-by-the-proxy', baseURL: `${stack.url}/v1`, maxRetries: 0 });
+});
+afterAll(() => stack.close());
+
+describe('the openai package', () => {
+  it('streams text equal to the simulator answer, with reasoning, usage and fingerprint intact', async () => {
+    const prompt = 'openai stream';
+    const stream = await client.chat.completions.create({
+      model: 'deepseek-v4-flash',
+      messages: [{ role: 'user', content: prompt }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let reasoning = '';
+    let usage: unknown;
+    let fingerprint: string | undefined;
+    for await (const chunk of stream) {
+      const delta = chunk.choices[0]?.delta as
+        { content?: string | null; reasoning_content?: string | null } | undefined;
+      text += delta?.content ?? '';
+      reasoning += delta?.reasoning_content ?? '';
+      if (chunk.usage) usage = chunk.usage;
+      fingerprint ??= chunk.system_fingerprint ?? undefined;
+    }
+    const answer = simulateAnswer(prompt, { thinking: true });
+    expect(text).toBe(answer.text);
+    expect(reasoning).toBe(answer.reasoningText);
+    expect(usage).toMatchObject({
+      completion_tokens: answer.content.length + answer.reasoning.length,
+    });
+    expect(fingerprint).toBe('fp_simulator');
+  });
+
+  it('non-stream answers one chat.completion', async () => {
+    const prompt = 'openai json';
+    const res = await client.chat.completions.create({
+      model: 'deepseek-chat',
+      messages: [{ role: 'user', content: prompt }],
+    });
+    expect(res.object).toBe('chat.completion');
+    expect(res.choices[0]!.message.content).toBe(simulateAnswer(prompt).text);
+    expect(res.choices[0]!.finish_reason).toBe('stop');
+    expect(res.usage?.total_tokens).toBeGreaterThan(0);
+    const sent = stack.sim.requests.find((r) => r.body.messages?.[0]?.content === prompt);
+    expect(sent?.body).toMatchObject({
+      model: 'deepseek-v4-flash',
+      thinking: { type: 'disabled' },
+    });
+  });
+
+  it('an upstream 402 surfaces as the SDK error type with our code', async () => {
+    const err = await client.chat.completions
+      .create({
+        model: 'deepseek-v4-flash',
+        messages: [{ role: 'user', content: 'pay up [[status=402]]' }],
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect((err as InstanceType<typeof OpenAI.APIError>).status).toBe(502);
+    expect((err as InstanceType<typeof OpenAI.APIError>).code).toBe(
+      'upstream_insufficient_balance',
+    );
+  });
+
+  it('a mid-stream failure is raised by the SDK, not taken as a finished answer', async () => {
+    const stream = await client.chat.completions.create({
+      model: 'deepseek-v4-flash',
+      messages: [{ role: 'user', content: 'openai break [[reset=3 delay=2 times=9]]' }],
+      stream: true,
+      thinking: { type: 'disabled' },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const consume = async () => {
+      for await (const _ of stream) void _;
+    };
+    await expect(consume()).rejects.toBeInstanceOf(OpenAI.APIError);
+  });
+
+  it('lists the allowlist at /v1/models and rejects unknown models in the OpenAI shape', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(stack.config.allowedModels);
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(res.status).toBe(400);
+    const body = JSON.parse(res.body);
+    expect(body.error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_request' });
+  });
+
+  it('passes the upstream bytes through: every chunk line is the simulator chunk verbatim', async () => {
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'deepseek-v4-flash',
+        messages: [{ role: 'user', content: 'verbatim [[frag=3]]' }],
+        stream: true,
+      }),
+    });
+    const lines = res.body.split('\n\n').filter(Boolean);
+    expect(lines.at(-1)).toBe('data: [DONE]');
+    const first = JSON.parse(lines[0]!.slice(6));
+    expect(first).toMatchObject({
+      object: 'chat.completion.chunk',
+      system_fingerprint: 'fp_simulator',
+    });
+    expect(first.choices[0].delta).toEqual({
+      role: 'assistant',
+      content: null,
+      reasoning_content: null,
+    });
+  });
+});
+
+describe('the Vercel AI SDK', () => {
+  const provider = () =>
+    createOpenAICompatible({
+      name: 'deepseek-proxy',
+      baseURL: `${stack.url}/v1`,
+      apiKey: 'unused',
+    });
+
+  it('streamText streams the same text', async () => {
+    const prompt = 'ai sdk stream';
+    const result = streamText({ model: provider()('deepseek-v4-flash'), prompt });
+    let text = '';
+    for await (const part of result.textStream) text += part;
+    expect(text).toBe(simulateAnswer(prompt).text);
+  });
+
+  it('generateText works too', async () => {
+    const prompt = 'ai sdk generate';
+    const { text } = await generateText({ model: provider()('deepseek-chat'), prompt });
+    expect(text).toBe(simulateAnswer(prompt).text);
+  });
+});
