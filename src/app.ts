@@ -1,11 +1,19 @@
 // app.ts: createApp(config) builds the Express app: middleware order, routes, error handler.
 // It never listens (server.ts does), so tests can use supertest(app) or listen(0).
 
-import express, { type Express } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import helmet from 'helmet';
+import Redis from 'ioredis';
 import type { Config } from './config';
+import { MemoryJournalStore } from './journal/memory-store';
+import { RedisJournalStore } from './journal/redis-store';
+import type { JournalStore } from './journal/types';
 import { createLogger, type Logger } from './log';
+import { Metrics } from './metrics';
+import { apiKeyAuth, memoryReplayGuard, redisReplayGuard, signatureAuth } from './middleware/auth';
+import { cors } from './middleware/cors';
 import { errorHandler, notFound } from './middleware/errors';
+import { memorySlots, redisSlots, requestRateLimit, streamCap } from './middleware/rate-limit';
 import { requestId } from './middleware/request-id';
 import { batchRouter } from './routes/batch';
 import { chatStreamRouter } from './routes/chat-stream';
@@ -14,9 +22,6 @@ import { healthRouter } from './routes/health';
 import { openAiRouter } from './routes/openai';
 import { ChatService } from './service';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client';
-import { MemoryJournalStore } from './journal/memory-store';
-import { RedisJournalStore } from './journal/redis-store';
-import type { JournalStore } from './journal/types';
 
 export interface AppOptions {
   logger?: Logger;
@@ -29,10 +34,14 @@ export interface AppOptions {
 export interface ProxyApp extends Express {
   service: ChatService;
   journal: JournalStore;
+  metrics: Metrics;
   logger: Logger;
-  /** Release sockets and timers (tests, embedding). Active streams are stopped. */
+  /** Release sockets, timers and Redis connections. Active streams are stopped. */
   close(): void;
 }
+
+/** The API surface: everything that costs upstream tokens. */
+const API_PATHS = ['/chat-stream', '/v1'];
 
 export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   const logger = options.logger ?? createLogger(config.logLevel);
@@ -45,8 +54,15 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
       maxSockets: config.upstreamMaxSockets,
       connectTimeoutMs: config.connectTimeoutMs,
     });
-  const service = new ChatService(config, client, logger);
-  const journal = options.journal ?? createJournal(config, logger);
+  const metrics = new Metrics();
+  const service = new ChatService(config, client, logger, metrics);
+  const redisError = (err: unknown) =>
+    logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'redis error');
+  const journal = options.journal ?? createJournal(config, redisError);
+  const redis = config.redisUrl
+    ? new Redis(config.redisUrl, { maxRetriesPerRequest: 2 })
+    : undefined;
+  redis?.on('error', redisError);
 
   const app = express() as unknown as ProxyApp;
   app.disable('x-powered-by');
@@ -54,38 +70,96 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.set('query parser', 'simple');
   app.use(helmet());
   app.use(requestId);
+  app.use(countRequests(metrics));
+  if (config.corsOrigins.length > 0) app.use(cors(config.corsOrigins));
   app.use(
-    express.json({ limit: config.maxBodyBytes, type: ['application/json', 'application/*+json'] }),
+    express.json({
+      limit: config.maxBodyBytes,
+      type: ['application/json', 'application/*+json'],
+      // The signature covers the raw body, byte for byte.
+      verify: (req, _res, buf) => {
+        (req as unknown as { rawBody: Buffer }).rawBody = buf;
+      },
+    }),
   );
 
   app.use(healthRouter(service, journal));
+  if (config.metricsPort === undefined) app.get('/metrics', metricsHandler(metrics));
+  app.use(demoRouter());
+
+  // Guards for the API, in order: who is it, is it signed, how fast, how many at once.
+  const guards: RequestHandler[] = [];
+  if (config.proxyApiKeys.length > 0) guards.push(apiKeyAuth(config.proxyApiKeys));
+  if (config.signingSecret) {
+    guards.push(
+      signatureAuth(config.signingSecret, redis ? redisReplayGuard(redis) : memoryReplayGuard()),
+    );
+  }
+  if (config.rateLimitMax > 0) {
+    guards.push(
+      requestRateLimit({
+        windowMs: config.rateLimitWindowMs,
+        limit: config.rateLimitMax,
+        redis,
+        onLimited: () => metrics.rateLimited.inc({ limit: 'requests' }),
+      }),
+    );
+  }
+  const slotTtlMs = config.streamMaxDurationMs + config.resumeGraceMs + 60_000;
+  guards.push(
+    streamCap(
+      redis ? redisSlots(redis, slotTtlMs) : memorySlots(),
+      config.maxStreamsPerClient,
+      () => metrics.rateLimited.inc({ limit: 'streams' }),
+    ),
+  );
+  app.use(API_PATHS, ...guards);
+
   app.use(openAiRouter(config, service));
   app.use(batchRouter(config, service));
-  app.use(chatStreamRouter(config, service, journal));
-  app.use(demoRouter());
+  app.use(chatStreamRouter(config, service, journal, metrics));
   app.use(notFound);
   app.use(errorHandler(logger));
 
   app.service = service;
   app.journal = journal;
+  app.metrics = metrics;
   app.logger = logger;
   app.close = () => {
     service.draining = true;
     for (const s of [...service.active]) s.abort();
     client.close();
     void journal.shutdown();
+    redis?.disconnect();
   };
   return app;
 }
 
-function createJournal(config: Config, logger: Logger): JournalStore {
+/** GET /metrics in the Prometheus text format. */
+export function metricsHandler(metrics: Metrics) {
+  return async (_req: Request, res: Response): Promise<void> => {
+    res.setHeader('Content-Type', metrics.registry.contentType);
+    res.end(await metrics.registry.metrics());
+  };
+}
+
+/** Requests by route template (bounded label values) and status, counted when they end. */
+function countRequests(metrics: Metrics): RequestHandler {
+  return (req, res, next) => {
+    res.once('close', () => {
+      const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'other';
+      metrics.requests.inc({ route, method: req.method, status: String(res.statusCode) });
+    });
+    next();
+  };
+}
+
+function createJournal(config: Config, onError: (err: unknown) => void): JournalStore {
   const limits = {
     ttlMs: config.resumeTtlS * 1000,
     maxBytesPerStream: config.journalMaxBytesPerStream,
     maxBytesTotal: config.journalMaxBytes,
   };
   if (!config.redisUrl) return new MemoryJournalStore(limits);
-  return new RedisJournalStore(config.redisUrl, limits, 'dsp:', (err) =>
-    logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'redis journal error'),
-  );
+  return new RedisJournalStore(config.redisUrl, limits, 'dsp:', onError);
 }

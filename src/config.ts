@@ -80,6 +80,7 @@ const schema = z.object({
   TLS_CERT_FILE: optional,
   TLS_KEY_FILE: optional,
   SIMULATOR_TOKEN_DELAY_MS: int(30),
+  METRICS_PORT: optional,
 });
 
 export interface Config {
@@ -126,6 +127,8 @@ export interface Config {
   tlsCertFile: string | undefined;
   tlsKeyFile: string | undefined;
   simulatorTokenDelayMs: number;
+  /** Serve /metrics on this port instead of the main one (one port per PM2 worker). */
+  metricsPort: number | undefined;
 }
 
 /** A bad setting; the message names the variable. */
@@ -177,7 +180,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       'invalid configuration:\n  RETRY_BASE_DELAY_MS: must not exceed RETRY_MAX_DELAY_MS',
     );
   }
+  let metricsPort: number | undefined;
+  if (e.METRICS_PORT !== undefined) {
+    metricsPort = Number(e.METRICS_PORT);
+    if (!/^\d+$/.test(e.METRICS_PORT) || metricsPort > 65535) {
+      throw new ConfigError('invalid configuration:\n  METRICS_PORT: must be a port number');
+    }
+  }
   return Object.freeze({
+    metricsPort,
     port: e.PORT,
     host: e.HOST,
     nodeEnv: e.NODE_ENV,

@@ -7,7 +7,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import dotenv from 'dotenv';
-import { createApp } from './app';
+import { createApp, metricsHandler } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { createLogger } from './log';
 import { startSimulator, type Simulator } from './simulator/server';
@@ -61,6 +61,17 @@ async function main(): Promise<void> {
     server.listen(config.port, config.host, resolve);
   });
   const port = (server.address() as AddressInfo).port;
+  // Under PM2 every worker shares PORT; METRICS_PORT (incremented per worker) gives each its own
+  // /metrics so Prometheus can scrape them all.
+  let metricsServer: http.Server | undefined;
+  if (config.metricsPort !== undefined) {
+    const handler = metricsHandler(app.metrics);
+    metricsServer = http.createServer((req, res) => {
+      if (req.url === '/metrics') void handler(req as never, res as never);
+      else res.writeHead(404).end();
+    });
+    metricsServer.listen(config.metricsPort, config.host);
+  }
   log.info({ port, host: config.host, simulator: Boolean(simulator) }, 'listening');
   process.send?.('ready'); // PM2 wait_ready
 
@@ -70,6 +81,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal, activeStreams: app.service.active.size }, 'shutting down');
     server.close();
+    metricsServer?.close();
     await app.service.drain(config.shutdownGraceMs);
     // Give the in-band errors a moment to flush, then drop idle keep-alive sockets.
     await new Promise((r) => setTimeout(r, 100));

@@ -5,6 +5,7 @@
 import type { Config } from './config';
 import { ProxyError } from './errors';
 import type { Logger } from './log';
+import type { Metrics } from './metrics';
 import { ChatStream, type EngineSettings, type StreamListener } from './stream/chat-stream';
 import type { UpstreamClient } from './upstream/client';
 import type { UpstreamBody } from './upstream/request';
@@ -45,6 +46,7 @@ export class ChatService {
     private readonly config: Config,
     readonly client: UpstreamClient,
     private readonly log: Logger,
+    private readonly metrics?: Metrics,
   ) {
     this.settings = engineSettings(config);
   }
@@ -76,11 +78,13 @@ export class ChatService {
   ) {
     const stream = new ChatStream(this.client, this.settings, body, listener);
     this.active.add(stream);
+    this.metrics?.activeStreams.inc();
     bind(stream);
     try {
       await stream.run();
     } finally {
       this.active.delete(stream);
+      this.metrics?.activeStreams.dec();
       this.logFinished(stream, meta);
       if (this.active.size === 0) {
         const waiters = this.idleWaiters;
@@ -112,6 +116,8 @@ export class ChatService {
 
   private logFinished(s: ChatStream, meta: StreamMeta): void {
     const st = s.stats;
+    const durationMs = Date.now() - st.startedAt;
+    this.metrics?.streamFinished(meta.route, st, durationMs);
     this.log.info(
       {
         requestId: meta.requestId,
@@ -123,7 +129,7 @@ export class ChatService {
         errorCode: st.errorCode,
         finishReason: st.finishReason,
         ttftMs: st.ttftMs,
-        durationMs: Date.now() - st.startedAt,
+        durationMs,
         tokens: st.tokens,
         bytesIn: st.bytesIn,
         bytesOut: meta.bytesOut?.() ?? 0,

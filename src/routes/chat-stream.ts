@@ -10,6 +10,7 @@ import { sseFrames, textFrames } from '../format/frames';
 import { ResponseSink } from '../format/response-sink';
 import { StreamRecorder } from '../journal/recorder';
 import type { JournalStore } from '../journal/types';
+import type { Metrics } from '../metrics';
 import { methodNotAllowed } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService } from '../service';
@@ -20,6 +21,7 @@ export function chatStreamRouter(
   config: Config,
   service: ChatService,
   journal: JournalStore,
+  metrics?: Metrics,
 ): Router {
   const router = Router();
 
@@ -168,6 +170,7 @@ export function chatStreamRouter(
   }
 
   function follow(res: Response, sink: ResponseSink, id: string, afterSeq: number): Promise<void> {
+    metrics?.resumes.inc({ kind: 'client' });
     return new Promise<void>((resolve) => {
       sink.open();
       let ended = false;

@@ -41,6 +41,9 @@ export async function startStack(
     retryMaxDelayMs: 10,
     // Tests of resume set their own grace; elsewhere a client that leaves stops the upstream now.
     resumeGraceMs: 0,
+    // One loopback client sends every test request: fairness limits have their own tests.
+    rateLimitMax: 0,
+    maxStreamsPerClient: 0,
     ...overrides,
   });
   const app = createApp(config, { logger: createLogger('info', dest) });

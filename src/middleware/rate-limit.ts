@@ -1,0 +1,112 @@
+// middleware/rate-limit.ts: fairness per client (its key id, else its IP). Requests per window
+// with express-rate-limit (standard RateLimit headers, Retry-After, 429 rate_limited), and a cap
+// on concurrent streams per client. With Redis both hold across workers and hosts.
+
+import type { NextFunction, Request, Response } from 'express';
+import { ipKeyGenerator, rateLimit } from 'express-rate-limit';
+import type Redis from 'ioredis';
+import { RedisStore, type RedisReply } from 'rate-limit-redis';
+import { ProxyError } from '../errors';
+
+export function clientKey(req: Request, res: Response): string {
+  const id = res.locals.clientId as string | undefined;
+  return id ?? `ip:${ipKeyGenerator(req.ip ?? 'unknown')}`;
+}
+
+export function requestRateLimit(opts: {
+  windowMs: number;
+  limit: number;
+  redis?: Redis;
+  onLimited?: () => void;
+}) {
+  return rateLimit({
+    windowMs: opts.windowMs,
+    limit: opts.limit,
+    standardHeaders: 'draft-8',
+    legacyHeaders: false,
+    keyGenerator: clientKey,
+    store: opts.redis
+      ? new RedisStore({
+          prefix: 'dsp:rl:',
+          sendCommand: (command: string, ...args: string[]) =>
+            opts.redis!.call(command, ...args) as Promise<RedisReply>,
+        })
+      : undefined,
+    handler: (_req, res, next) => {
+      opts.onLimited?.();
+      const reset = (_req as Request & { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime;
+      const seconds = reset ? Math.max(1, Math.ceil((reset.getTime() - Date.now()) / 1000)) : 1;
+      res.setHeader('Retry-After', String(seconds));
+      next(
+        new ProxyError('rate_limited', 'too many requests; slow down', { retryAfterS: seconds }),
+      );
+    },
+  });
+}
+
+/** Counts a client's open streams; shared through Redis when configured. */
+export interface StreamSlots {
+  acquire(client: string, max: number): Promise<boolean>;
+  release(client: string): void;
+}
+
+export function memorySlots(): StreamSlots {
+  const open = new Map<string, number>();
+  return {
+    async acquire(client, max) {
+      const n = open.get(client) ?? 0;
+      if (n >= max) return false;
+      open.set(client, n + 1);
+      return true;
+    },
+    release(client) {
+      const n = (open.get(client) ?? 1) - 1;
+      if (n <= 0) open.delete(client);
+      else open.set(client, n);
+    },
+  };
+}
+
+/** INCR then check; the key expires if a process dies holding slots. */
+export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:'): StreamSlots {
+  return {
+    async acquire(client, max) {
+      const key = prefix + client;
+      const [[, n]] = (await redis.multi().incr(key).pexpire(key, ttlMs).exec()) as [
+        [unknown, number],
+        unknown,
+      ];
+      if (n > max) {
+        await redis.decr(key);
+        return false;
+      }
+      return true;
+    },
+    release(client) {
+      redis.decr(prefix + client).catch(() => undefined);
+    },
+  };
+}
+
+/** Holds one of the client's stream slots for the life of the response. */
+export function streamCap(slots: StreamSlots, max: number, onLimited?: () => void) {
+  return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
+    if (max <= 0) return next();
+    const client = clientKey(req, res);
+    if (!(await slots.acquire(client, max))) {
+      onLimited?.();
+      throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
+        retryAfterS: 1,
+      });
+    }
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      slots.release(client);
+    };
+    res.on('close', release);
+    res.on('finish', release);
+    next();
+  };
+}
