@@ -111,12 +111,15 @@ export function chatStreamRouter(
         res.on('drain', () => stream.resume());
         // The client left before the end: generation goes on into the journal for the grace
         // period, then stops unless someone resumed.
+        const left = () => {
+          stream.resume();
+          recorder.detach();
+        };
         res.on('close', () => {
-          if (!res.writableFinished) {
-            stream.resume();
-            recorder.detach();
-          }
+          if (!res.writableFinished) left();
         });
+        // It may have left already, while the journal claim was awaited.
+        if (res.socket === null || res.socket.destroyed) left();
       },
     );
     recorder.abandoned();
@@ -186,13 +189,15 @@ export function chatStreamRouter(
           resolve();
         },
       });
-      res.on('close', () => {
+      const left = () => {
         sub.close();
         if (!ended) {
           ended = true;
           resolve();
         }
-      });
+      };
+      res.on('close', left);
+      if (res.socket === null || res.socket.destroyed) left();
     });
   }
 
