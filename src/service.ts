@@ -19,6 +19,8 @@ export interface StreamMeta {
   bytesOut?: () => number;
   status?: () => number;
   peakBuffered?: () => number;
+  /** On shutdown: leave the stream for another worker; false if it cannot be handed off. */
+  handoff?: () => boolean;
 }
 
 export function engineSettings(c: Config): EngineSettings {
@@ -38,6 +40,7 @@ export function engineSettings(c: Config): EngineSettings {
 
 export class ChatService {
   readonly active = new Set<ChatStream>();
+  private readonly handoffs = new Map<ChatStream, () => boolean>();
   draining = false;
   private readonly settings: EngineSettings;
   private idleWaiters: Array<() => void> = [];
@@ -75,15 +78,19 @@ export class ChatService {
     listener: StreamListener,
     meta: StreamMeta,
     bind: (s: ChatStream) => void,
+    /** Continue an answer that starts with this text (a stream taken over from a worker). */
+    prefix?: string,
   ) {
-    const stream = new ChatStream(this.client, this.settings, body, listener);
+    const stream = new ChatStream(this.client, this.settings, body, listener, prefix);
     this.active.add(stream);
     this.metrics?.activeStreams.inc();
+    if (meta.handoff) this.handoffs.set(stream, meta.handoff);
     bind(stream);
     try {
       await stream.run();
     } finally {
       this.active.delete(stream);
+      this.handoffs.delete(stream);
       this.metrics?.activeStreams.dec();
       this.logFinished(stream, meta);
       if (this.active.size === 0) {
@@ -95,8 +102,8 @@ export class ChatService {
   }
 
   /**
-   * Graceful drain: refuse new streams, let active ones finish within `graceMs`, then end the
-   * rest with an in-band `shutting_down` error.
+   * Graceful drain: refuse new streams, let active ones finish within `graceMs`, then hand the
+   * rest to another worker (shared journal) or end them with an in-band `shutting_down` error.
    */
   async drain(graceMs: number): Promise<void> {
     this.draining = true;
@@ -110,6 +117,7 @@ export class ChatService {
       });
     }
     for (const s of [...this.active]) {
+      if (this.handoffs.get(s)?.()) continue;
       s.stop(new ProxyError('shutting_down', 'the server is shutting down'));
     }
   }

@@ -144,6 +144,18 @@ export class ResponseSink {
     res.end(JSON.stringify(errorBody(err, this.opts.requestId)));
   }
 
+  /**
+   * End without a terminal event, so the client comes back for the rest: EventSource reconnects
+   * by itself; a text client sees a cut body and resumes with Range.
+   */
+  cut(): void {
+    if (this.closed) return;
+    this.flush();
+    this.close();
+    if (this.frames.error('', 0) === null) this.res.destroy();
+    else this.res.end();
+  }
+
   /** The journal ran out without the stream's end (evicted, or abandoned): cut the response. */
   abandon(): void {
     if (this.closed) return;

@@ -27,6 +27,7 @@ interface Sub {
 }
 
 export class MemoryJournalStore implements JournalStore {
+  readonly shared = false;
   /** Insertion order = age: eviction takes from the front. */
   private readonly streams = new Map<string, Entry>();
   private totalBytes = 0;
@@ -45,11 +46,11 @@ export class MemoryJournalStore implements JournalStore {
     return this.totalBytes;
   }
 
-  async create(id: string, fingerprint: string) {
+  async create(id: string, fingerprint: string, request?: string) {
     const existing = this.live(id);
     if (existing) return { created: false as const, meta: { ...existing.meta } };
     this.streams.set(id, {
-      meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false },
+      meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false, request },
       events: [],
       bytes: 0,
       expiresAt: Date.now() + this.limits.ttlMs,
@@ -86,6 +87,22 @@ export class MemoryJournalStore implements JournalStore {
     e.meta.state = state;
     e.expiresAt = Date.now() + this.limits.ttlMs;
     for (const s of e.subscribers) this.endSub(e, s);
+  }
+
+  async read(id: string, afterSeq: number): Promise<JournalEvent[]> {
+    return (this.live(id)?.events ?? []).filter((ev) => ev.seq > afterSeq);
+  }
+
+  handoff(id: string): void {
+    const e = this.streams.get(id);
+    if (e && e.meta.state === 'live') e.meta.state = 'handoff';
+  }
+
+  async claim(id: string): Promise<boolean> {
+    const e = this.streams.get(id);
+    if (!e || e.meta.state !== 'handoff') return false;
+    e.meta.state = 'live';
+    return true;
   }
 
   remove(id: string): void {

@@ -11,6 +11,8 @@ import { EVENT_OVERHEAD_BYTES, type JournalEvent, type JournalStore } from './ty
 
 export interface RecorderOptions {
   graceMs: number;
+  /** Continue numbering after this seq (a stream taken over from another worker). */
+  startSeq?: number;
   /** Stop the upstream (nobody is reading and nobody came back). */
   abort: () => void;
 }
@@ -23,12 +25,16 @@ export class StreamRecorder implements StreamListener {
   private finished = false;
   private journaling = true;
   private grace: NodeJS.Timeout | undefined;
+  private answerStarted = false;
 
   constructor(
     private readonly store: JournalStore,
     private readonly id: string,
     private readonly opts: RecorderOptions,
-  ) {}
+  ) {
+    this.seq = opts.startSeq ?? 0;
+    this.answerStarted = this.seq > 0;
+  }
 
   attach(sink: ResponseSink): void {
     this.client = sink;
@@ -53,6 +59,7 @@ export class StreamRecorder implements StreamListener {
   // Hot path: one token. One small object for the journal; the client gets the text directly.
   content(text: string): void {
     const seq = ++this.seq;
+    this.answerStarted = true;
     if (this.journaling) this.record({ seq, kind: 'content', data: text });
     this.client?.content(text, seq);
   }
@@ -88,6 +95,21 @@ export class StreamRecorder implements StreamListener {
     const seq = ++this.seq;
     this.terminal({ seq, kind: 'error', data }, 'failed');
     this.client?.error(data, seq);
+  }
+
+  /**
+   * Shutdown: leave the stream for another worker to continue (a resume there takes it over
+   * through prefix completion). Possible when the journal is shared and complete, and the stream
+   * is not in the middle of reasoning (reasoning cannot be continued). False: not handed off.
+   */
+  handoff(): boolean {
+    if (this.finished || !this.journaling || !this.store.shared) return false;
+    if (this.seq > 0 && !this.answerStarted) return false;
+    this.finished = true;
+    this.clearGrace();
+    this.flushJournal();
+    this.store.handoff(this.id);
+    return true;
   }
 
   /** The engine stopped without telling the client (it left and nobody came back). */

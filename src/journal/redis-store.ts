@@ -4,20 +4,29 @@
 // blocking XREAD on a connection of their own, not polling loops.
 
 import Redis from 'ioredis';
-import type {
-  JournalEvent,
-  JournalLimits,
-  JournalStore,
-  StreamMeta,
-  StreamState,
-  SubscribeHandlers,
-  Subscription,
+import {
+  EVENT_OVERHEAD_BYTES,
+  type JournalEvent,
+  type JournalLimits,
+  type JournalStore,
+  type StreamMeta,
+  type StreamState,
+  type SubscribeHandlers,
+  type Subscription,
 } from './types';
 
 const BLOCK_MS = 1000;
 const READ_COUNT = 512;
 
+/** handoff -> live, for exactly one caller. */
+const CLAIM_SCRIPT = `if redis.call('HGET', KEYS[1], 'state') == 'handoff' then
+  redis.call('HSET', KEYS[1], 'state', 'live')
+  return 1
+end
+return 0`;
+
 export class RedisJournalStore implements JournalStore {
+  readonly shared = true;
   private readonly redis: Redis;
   /** Budget accounting for the streams this process writes. */
   private readonly written = new Map<string, number>();
@@ -47,12 +56,12 @@ export class RedisJournalStore implements JournalStore {
     return `${this.prefix}f:${id}`;
   }
 
-  async create(id: string, fingerprint: string) {
+  async create(id: string, fingerprint: string, request?: string) {
     const created = await this.redis.hsetnx(this.mKey(id), 'fp', fingerprint);
     if (created === 1) {
       await this.redis
         .multi()
-        .hset(this.mKey(id), 'state', 'live', 'lastSeq', '0', 'overflow', '0')
+        .hset(this.mKey(id), 'state', 'live', 'lastSeq', '0', 'overflow', '0', 'req', request ?? '')
         .pexpire(this.mKey(id), this.limits.ttlMs)
         .exec();
       this.written.set(id, 0);
@@ -74,7 +83,35 @@ export class RedisJournalStore implements JournalStore {
       state: (h.state as StreamState | undefined) ?? 'live',
       lastSeq: Number(h.lastSeq ?? 0),
       overflow: h.overflow === '1',
+      request: h.req || undefined,
     };
+  }
+
+  async read(id: string, afterSeq: number): Promise<JournalEvent[]> {
+    const entries = await this.redis.xrange(this.eKey(id), `0-${afterSeq + 1}`, '+');
+    return entries.map(([entryId, f]) => ({
+      seq: Number(entryId.slice(2)),
+      kind: f[1] as JournalEvent['kind'],
+      data: f[3] ?? '',
+    }));
+  }
+
+  handoff(id: string): void {
+    this.written.delete(id);
+    this.redis.hset(this.mKey(id), 'state', 'handoff').catch(this.onError);
+  }
+
+  async claim(id: string): Promise<boolean> {
+    const ok = await this.redis.eval(CLAIM_SCRIPT, 1, this.mKey(id));
+    if (ok === 1) {
+      // The taker writes from now on: resume its budget accounting from what is stored.
+      const bytes = (await this.read(id, 0)).reduce(
+        (n, ev) => n + ev.data.length + EVENT_OVERHEAD_BYTES,
+        0,
+      );
+      this.written.set(id, bytes);
+    }
+    return ok === 1;
   }
 
   append(id: string, events: JournalEvent[], bytes: number): boolean {

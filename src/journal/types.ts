@@ -9,7 +9,8 @@ export interface JournalEvent {
   data: string;
 }
 
-export type StreamState = 'live' | 'done' | 'failed';
+/** `handoff`: its process shut down mid-answer; the next resume, on any worker, takes it over. */
+export type StreamState = 'live' | 'done' | 'failed' | 'handoff';
 
 export interface StreamMeta {
   id: string;
@@ -20,6 +21,8 @@ export interface StreamMeta {
   lastSeq: number;
   /** The stream outgrew its journal budget: it cannot be resumed. */
   overflow: boolean;
+  /** The upstream request body (JSON), so another worker can continue the stream. */
+  request?: string;
 }
 
 export interface SubscribeHandlers {
@@ -34,10 +37,13 @@ export interface Subscription {
 }
 
 export interface JournalStore {
+  /** True when other processes see this journal (Redis): only then can a stream be handed off. */
+  readonly shared: boolean;
   /** Claim `id` for a new stream, atomically. If it exists, its meta comes back instead. */
   create(
     id: string,
     fingerprint: string,
+    request?: string,
   ): Promise<{ created: true } | { created: false; meta: StreamMeta }>;
   meta(id: string): Promise<StreamMeta | undefined>;
   /**
@@ -47,6 +53,12 @@ export interface JournalStore {
   append(id: string, events: JournalEvent[], bytes: number): boolean;
   /** Mark the stream finished; it stays readable until its TTL. */
   finish(id: string, state: 'done' | 'failed'): void;
+  /** All stored events after `afterSeq` (no following). */
+  read(id: string, afterSeq: number): Promise<JournalEvent[]>;
+  /** Mark a live stream as handed off (its process is shutting down). */
+  handoff(id: string): void;
+  /** Atomically take over a handed-off stream; true for exactly one caller. */
+  claim(id: string): Promise<boolean>;
   /** Forget a stream (it failed before it began: a retry with the same id starts afresh). */
   remove(id: string): void;
   /** Replay events after `afterSeq`, then follow live ones until the stream ends. */

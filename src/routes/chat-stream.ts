@@ -9,12 +9,13 @@ import { ProxyError } from '../errors';
 import { sseFrames, textFrames } from '../format/frames';
 import { ResponseSink } from '../format/response-sink';
 import { StreamRecorder } from '../journal/recorder';
-import type { JournalStore } from '../journal/types';
+import type { JournalStore, StreamMeta } from '../journal/types';
 import type { Metrics } from '../metrics';
 import { methodNotAllowed } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService } from '../service';
-import { buildUpstreamBody } from '../upstream/request';
+import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
+import type { ChatStream } from '../stream/chat-stream';
 import { parseChatStreamRequest, type ChatStreamRequest } from './chat-request';
 
 export function chatStreamRouter(
@@ -48,7 +49,8 @@ export function chatStreamRouter(
 
     const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
     const body = buildUpstreamBody(parsed.params);
-    const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64url');
+    const request = JSON.stringify(body);
+    const fingerprint = createHash('sha256').update(request).digest('base64url');
 
     // 3. Idempotency: a known X-Request-ID replays that stream instead of paying for another.
     if (clientChoseId) {
@@ -64,7 +66,7 @@ export function chatStreamRouter(
       }
     }
     service.admit();
-    const claim = await journal.create(requestId, fingerprint);
+    const claim = await journal.create(requestId, fingerprint, request);
     if (!claim.created) {
       // Lost a race with a concurrent request carrying the same id.
       if (claim.meta.fingerprint !== fingerprint) {
@@ -89,6 +91,7 @@ export function chatStreamRouter(
       heartbeatMs: config.heartbeatMs,
     });
     let abortStream: () => void = () => undefined;
+    let handOff: () => void = () => undefined;
     const recorder = new StreamRecorder(journal, requestId, {
       graceMs: config.resumeGraceMs,
       abort: () => abortStream(),
@@ -105,9 +108,16 @@ export function chatStreamRouter(
         bytesOut: () => sink.bytesOut,
         status: () => sink.status,
         peakBuffered: () => sink.peakBuffered,
+        handoff: () => {
+          if (!recorder.handoff()) return false;
+          handOff();
+          sink.cut();
+          return true;
+        },
       },
       (stream) => {
         abortStream = () => stream.abort();
+        handOff = () => stream.abort('handed_off');
         res.on('drain', () => stream.resume());
         // The client left before the end: generation goes on into the journal for the grace
         // period, then stops unless someone resumed.
@@ -137,7 +147,8 @@ export function chatStreamRouter(
     const meta = await journal.meta(id);
     if (!meta || meta.overflow)
       throw new ProxyError('stream_expired', 'that stream is unknown or expired');
-    if (meta.state !== 'live' && seq >= meta.lastSeq) {
+    if (meta.state === 'handoff') await takeOver(meta);
+    if ((meta.state === 'done' || meta.state === 'failed') && seq >= meta.lastSeq) {
       // Everything was delivered: 204 tells EventSource to stop reconnecting.
       res.setHeader('X-Request-Id', id);
       res.status(204).end();
@@ -162,6 +173,7 @@ export function chatStreamRouter(
     const meta = await journal.meta(id);
     if (!meta || meta.overflow)
       throw new ProxyError('stream_expired', 'that stream is unknown or expired');
+    if (meta.state === 'handoff') await takeOver(meta);
     const sink = new ResponseSink(res, framesFor(parsed, id), {
       requestId: id,
       heartbeatMs: config.heartbeatMs,
@@ -185,8 +197,13 @@ export function chatStreamRouter(
         end() {
           if (ended) return;
           ended = true;
-          sink.abandon();
-          resolve();
+          if (sink.isClosed) return resolve();
+          // Handed off by a worker that shut down: send the client back for a takeover.
+          void journal
+            .meta(id)
+            .then((m) => (m?.state === 'handoff' ? sink.cut() : sink.abandon()))
+            .catch(() => sink.abandon())
+            .finally(resolve);
         },
       });
       const left = () => {
@@ -199,6 +216,50 @@ export function chatStreamRouter(
       res.on('close', left);
       if (res.socket === null || res.socket.destroyed) left();
     });
+  }
+
+  /**
+   * Continue a stream whose worker shut down mid-answer: exactly one resume request claims it
+   * and continues the answer through prefix completion, appending to the same journal; every
+   * resume then follows the journal as usual.
+   */
+  async function takeOver(meta: StreamMeta): Promise<void> {
+    if (service.draining || !meta.request) return;
+    const events = await journal.read(meta.id, 0);
+    if (!(await journal.claim(meta.id))) return;
+    let prefix = '';
+    for (const ev of events) if (ev.kind === 'content') prefix += ev.data;
+    const body = JSON.parse(meta.request) as UpstreamBody;
+    let stream: ChatStream | undefined;
+    const recorder = new StreamRecorder(journal, meta.id, {
+      graceMs: config.resumeGraceMs,
+      startSeq: events.at(-1)?.seq ?? meta.lastSeq,
+      abort: () => stream?.abort(),
+    });
+    metrics?.resumes.inc({ kind: 'takeover' });
+    void service
+      .run(
+        body,
+        recorder,
+        {
+          requestId: meta.id,
+          route: '/chat-stream',
+          format: 'takeover',
+          model: body.model,
+          handoff: () => {
+            if (!recorder.handoff()) return false;
+            stream?.abort('handed_off');
+            return true;
+          },
+        },
+        (s) => {
+          stream = s;
+        },
+        prefix,
+      )
+      .then(() => recorder.abandoned());
+    // Nobody is attached directly: resumed clients follow the journal, and count as followers.
+    if (config.resumeGraceMs > 0) recorder.detach();
   }
 
   function framesFor(parsed: ChatStreamRequest, id: string) {

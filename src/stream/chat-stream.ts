@@ -46,7 +46,8 @@ export interface EngineSettings {
   maxEventBytes: number;
 }
 
-export type Outcome = 'running' | 'completed' | 'failed' | 'client_aborted' | 'aborted';
+export type Outcome =
+  'running' | 'completed' | 'failed' | 'client_aborted' | 'handed_off' | 'aborted';
 
 export interface StreamStats {
   startedAt: number;
@@ -184,11 +185,11 @@ export class ChatStream implements DeltaSink {
     }
   }
 
-  /** The client left: stop everything, tell nobody (there is nobody to tell). */
-  abort(): void {
+  /** The client left (or the stream was handed off): stop everything, tell nobody. */
+  abort(outcome: 'client_aborted' | 'handed_off' = 'client_aborted'): void {
     if (this.stopped) return;
     this.stopped = true;
-    this.stats.outcome = 'client_aborted';
+    this.stats.outcome = outcome;
     this.teardown();
   }
 
