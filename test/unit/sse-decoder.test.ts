@@ -1,0 +1,284 @@
+// The SSE decoder: WHATWG rules, any chunk boundary (inside UTF-8 sequences too), bounded
+// buffers, and linear work however the bytes are split.
+
+import fc from 'fast-check';
+import { createSseDecoder } from '../../src/stream/decoder';
+
+interface Seen {
+  events: Array<[string, string | undefined]>;
+  comments: string[];
+  overflows: number;
+}
+
+function decodeChunks(chunks: Uint8Array[], max?: number): Seen {
+  const seen: Seen = { events: [], comments: [], overflows: 0 };
+  const d = createSseDecoder(
+    {
+      onEvent: (data, type) => seen.events.push([data, type]),
+      onComment: (c) => seen.comments.push(c),
+      onOverflow: () => seen.overflows++,
+    },
+    max,
+  );
+  for (const c of chunks) d.feed(c);
+  d.end();
+  return seen;
+}
+
+const chunk = (i: number, content: string | null, reasoning?: string) =>
+  `data: {"id":"x","choices":[{"index":0,"delta":{"content":${JSON.stringify(content)}${
+    reasoning === undefined ? '' : `,"reasoning_content":${JSON.stringify(reasoning)}`
+  }},"finish_reason":null}],"n":${i}}\n\n`;
+
+const FIXTURES: Record<string, string> = {
+  plain:
+    'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n' +
+    chunk(1, 'Hello') +
+    chunk(2, ' world') +
+    'data: {"choices":[{"delta":{"content":""},"finish_reason":"stop"}],"usage":{"total_tokens":3}}\n\n' +
+    'data: [DONE]\n\n',
+  keepAlive:
+    ': keep-alive\n\n: keep-alive\n\n' +
+    chunk(1, 'a') +
+    ': keep-alive\n\n' +
+    chunk(2, 'b') +
+    'data: [DONE]\n\n',
+  reasoningNullContent:
+    chunk(1, null, 'Let me') + chunk(2, null, ' think') + chunk(3, 'Answer') + 'data: [DONE]\n\n',
+  crlf: (chunk(1, 'one') + chunk(2, 'two') + ': keep-alive\n\n').replace(/\n/g, '\r\n'),
+  cr: (chunk(1, 'one') + chunk(2, 'two') + ': keep-alive\n\n').replace(/\n/g, '\r'),
+  bom: '\ufeff' + chunk(1, 'after bom') + 'data: [DONE]\n\n',
+  multiLine: 'data: first\ndata: second\ndata:third\n\nevent: custom\nid: 7\ndata: x\n\n',
+  cjkEmoji: chunk(1, '流式传输') + chunk(2, ' 🚀✨') + chunk(3, ' 👩‍💻 café') + chunk(4, 'の世界😀'),
+  usageOnly:
+    chunk(1, 'x') +
+    'data: {"choices":[{"delta":{"content":""},"finish_reason":"stop"}],"usage":null}\n\n' +
+    'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\n' +
+    'data: [DONE]\n\n',
+  oddFields: 'retry: 100\nfoo: bar\nnocolon\ndata\n\nid: 1\nevent:\ndata: y\n\n',
+};
+
+const bytesOf = (s: string) => Buffer.from(s, 'utf8');
+
+describe('each fixture decodes the same whole, split at every index, and byte by byte', () => {
+  for (const [name, text] of Object.entries(FIXTURES)) {
+    it(name, () => {
+      const bytes = bytesOf(text);
+      const whole = decodeChunks([bytes]);
+      expect(whole.events.length).toBeGreaterThan(0);
+      for (let i = 0; i <= bytes.length; i++) {
+        expect(decodeChunks([bytes.subarray(0, i), bytes.subarray(i)])).toEqual(whole);
+      }
+      const single = Array.from(bytes, (b) => Uint8Array.of(b));
+      expect(decodeChunks(single)).toEqual(whole);
+    });
+  }
+});
+
+describe('WHATWG details', () => {
+  it('keep-alive comments are comments, never events', () => {
+    const seen = decodeChunks([bytesOf(FIXTURES.keepAlive!)]);
+    expect(seen.comments).toEqual(['keep-alive', 'keep-alive', 'keep-alive']);
+    expect(seen.events.map(([d]) => d)).not.toContain('keep-alive');
+    expect(seen.events).toHaveLength(3);
+  });
+
+  it('joins multi-line data with LF, strips one leading space, keeps the event type', () => {
+    const seen = decodeChunks([bytesOf(FIXTURES.multiLine!)]);
+    expect(seen.events).toEqual([
+      ['first\nsecond\nthird', undefined],
+      ['x', 'custom'],
+    ]);
+  });
+
+  it('strips a leading BOM only', () => {
+    const seen = decodeChunks([bytesOf(FIXTURES.bom!)]);
+    expect(seen.events[0]![0].startsWith('{')).toBe(true);
+  });
+
+  it('keeps multi-byte text intact across any split', () => {
+    const seen = decodeChunks([bytesOf(FIXTURES.cjkEmoji!)]);
+    const text = seen.events.map(([d]) => JSON.parse(d).choices[0].delta.content).join('');
+    expect(text).toBe('流式传输 🚀✨ 👩‍💻 caféの世界😀');
+    expect(text).not.toContain('\ufffd');
+  });
+
+  it('with CR endings, dispatches an event as soon as its blank line ends (no wait for more)', () => {
+    const events: string[] = [];
+    const d = createSseDecoder({
+      onEvent: (data) => events.push(data),
+      onOverflow: () => undefined,
+    });
+    d.feed(bytesOf('data: x\r\r'));
+    expect(events).toEqual(['x']);
+    d.feed(bytesOf('\ndata: y\r\n\r\n')); // a CR then LF split across feeds is one line end
+    expect(events).toEqual(['x', 'y']);
+  });
+
+  it('discards an unterminated last event at end()', () => {
+    const seen = decodeChunks([bytesOf('data: complete\n\ndata: partial')]);
+    expect(seen.events).toEqual([['complete', undefined]]);
+  });
+
+  it('ignores an empty data-less event and unknown fields', () => {
+    const seen = decodeChunks([bytesOf('event: x\n\nfoo: 1\n\n')]);
+    expect(seen.events).toEqual([]);
+  });
+
+  it('tracks the last event id, ignoring ids with NUL', () => {
+    const events: string[] = [];
+    const d = createSseDecoder({ onEvent: (x) => events.push(x), onOverflow: () => undefined });
+    d.feed(bytesOf('id: 42\ndata: a\n\nid: bad\0id\ndata: b\n\n'));
+    expect(d.lastEventId).toBe('42');
+    d.reset();
+    expect(d.lastEventId).toBe('');
+  });
+});
+
+describe('bounds', () => {
+  it('an event over the bound is reported once and dropped; the next event decodes', () => {
+    const big = 'data: ' + 'x'.repeat(5000) + '\n\n';
+    const seen = decodeChunks([bytesOf(big + 'data: ok\n\n')], 1024);
+    expect(seen.overflows).toBe(1);
+    expect(seen.events).toEqual([['ok', undefined]]);
+  });
+
+  it('a line that never ends is bounded too, even fed byte by byte', () => {
+    const bytes = bytesOf('data: ' + 'y'.repeat(3000));
+    const seen = decodeChunks(
+      Array.from(bytes, (b) => Uint8Array.of(b)),
+      1024,
+    );
+    expect(seen.overflows).toBeGreaterThanOrEqual(1);
+    expect(seen.events).toEqual([]);
+  });
+});
+
+describe('linear work', () => {
+  // Count the characters the decoder copies by watching Array.prototype.join and
+  // String.prototype.slice: a quadratic decoder re-copies its buffer on every feed.
+  function copiedChars(input: Buffer, piece: number): number {
+    let copied = 0;
+    const join = Array.prototype.join;
+    const slice = String.prototype.slice;
+    Array.prototype.join = function (this: unknown[], sep?: string) {
+      const r = join.call(this, sep);
+      copied += r.length;
+      return r;
+    };
+    String.prototype.slice = function (this: string, a?: number, b?: number) {
+      const r = slice.call(this, a, b);
+      copied += r.length;
+      return r;
+    };
+    try {
+      const d = createSseDecoder(
+        { onEvent: () => undefined, onOverflow: () => undefined },
+        1 << 30,
+      );
+      for (let i = 0; i < input.length; i += piece) d.feed(input.subarray(i, i + piece));
+      d.end();
+    } finally {
+      Array.prototype.join = join;
+      String.prototype.slice = slice;
+    }
+    return copied;
+  }
+
+  it('a 10 MB single-line event fed in 1-byte pieces copies O(n) characters', () => {
+    const n = 10 * 1024 * 1024;
+    const input = Buffer.alloc(n + 8, 'a');
+    input.write('data: ', 0);
+    input.write('\n\n', n + 6);
+    const copied = copiedChars(input, 1);
+    expect(copied).toBeLessThan(4 * n);
+  }, 60_000);
+
+  it('work grows linearly with many small events: 2x the input, about 2x the copies', () => {
+    const ev = Buffer.from('data: {"choices":[{"delta":{"content":"tok"}}]}\n\n');
+    const one = Buffer.concat(Array(20_000).fill(ev));
+    const two = Buffer.concat([one, one]);
+    const a = copiedChars(one, 7);
+    const b = copiedChars(two, 7);
+    expect(b / a).toBeGreaterThan(1.8);
+    expect(b / a).toBeLessThan(2.2);
+  });
+});
+
+describe('properties (fast-check)', () => {
+  it('random bytes with random splits never throw and decode like the whole', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 400 }),
+        fc.array(fc.nat(400), { maxLength: 8 }),
+        (bytes, cuts) => {
+          const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort(
+            (x, y) => x - y,
+          );
+          const pieces: Uint8Array[] = [];
+          let at = 0;
+          for (const p of points) {
+            pieces.push(bytes.subarray(at, p));
+            at = p;
+          }
+          pieces.push(bytes.subarray(at));
+          const buf = Buffer.from(bytes);
+          expect(decodeChunks(pieces)).toEqual(decodeChunks([buf]));
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('well-formed events with any line endings round-trip exactly through random splits', () => {
+    const dataLine = fc
+      .string({ unit: 'grapheme', maxLength: 30 })
+      .filter((s) => !/[\r\n]/.test(s));
+    const ending = fc.constantFrom('\n', '\r\n', '\r');
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(dataLine, ending, ending), { minLength: 1, maxLength: 10 }),
+        fc.array(fc.nat(2000), { maxLength: 6 }),
+        (events, cuts) => {
+          // A CR followed by LF would be one line end, not the blank line that ends the event.
+          const wire = events
+            .map(([d, e1, e2]) => `data: ${d}${e1}${e1 === '\r' && e2 === '\n' ? '\r' : e2}`)
+            .join('');
+          const bytes = Buffer.from(wire, 'utf8');
+          const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort(
+            (x, y) => x - y,
+          );
+          const pieces: Uint8Array[] = [];
+          let at = 0;
+          for (const p of points) {
+            pieces.push(bytes.subarray(at, p));
+            at = p;
+          }
+          pieces.push(bytes.subarray(at));
+          const seen = decodeChunks(pieces);
+          expect(seen.events.map(([d]) => d)).toEqual(events.map(([d]) => d));
+        },
+      ),
+      { numRuns: 1500 },
+    );
+  });
+
+  it('buffering stays bounded: no event ever exceeds the bound, whatever the input', () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 3000 }), (s) => {
+        let longest = 0;
+        const d = createSseDecoder(
+          {
+            onEvent: (data) => (longest = Math.max(longest, data.length)),
+            onOverflow: () => undefined,
+          },
+          256,
+        );
+        const bytes = Buffer.from('data: ' + s + '\n\n');
+        for (let i = 0; i < bytes.length; i += 13) d.feed(bytes.subarray(i, i + 13));
+        expect(longest).toBeLessThanOrEqual(256);
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
