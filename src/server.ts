@@ -70,6 +70,7 @@ async function main(): Promise<void> {
       if (req.url === '/metrics') void handler(req as never, res as never);
       else res.writeHead(404).end();
     });
+    metricsServer.on('error', (err) => log.error({ err: err.message }, 'metrics listener failed'));
     metricsServer.listen(config.metricsPort, config.host);
   }
   log.info({ port, host: config.host, simulator: Boolean(simulator) }, 'listening');
@@ -101,4 +102,10 @@ async function main(): Promise<void> {
   });
 }
 
-void main();
+main().catch((err: unknown) => {
+  // A listener that cannot bind (EADDRINUSE) must not leave a worker that looks alive.
+  process.stderr.write(
+    `deepseek-stream-proxy: ${err instanceof Error ? err.message : String(err)}\n`,
+  );
+  process.exit(1);
+});
