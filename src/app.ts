@@ -85,7 +85,6 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
 
   app.use(healthRouter(service, journal));
   if (config.metricsPort === undefined) app.get('/metrics', metricsHandler(metrics));
-  app.use(demoRouter());
 
   // Guards for the API, in order: who is it, is it signed, how fast, how many at once.
   const guards: RequestHandler[] = [];
@@ -118,6 +117,8 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.use(openAiRouter(config, service));
   app.use(batchRouter(config, service));
   app.use(chatStreamRouter(config, service, journal, metrics));
+  // Static files last: API requests never pay for a filesystem lookup.
+  app.use(demoRouter());
   app.use(notFound);
   app.use(errorHandler(logger));
 

@@ -1,5 +1,6 @@
 // The interpreter: DeepSeek chunk shapes -> deltas.
 
+import fc from 'fast-check';
 import { interpret, type DeltaSink } from '../../src/stream/interpreter';
 
 function run(...data: string[]) {
@@ -74,5 +75,35 @@ describe('interpret', () => {
       upstreamError: () => undefined,
     });
     expect(seen).toEqual([data, 'content']);
+  });
+});
+
+describe('the token fast path', () => {
+  const shape = (delta: string, finish = 'null') =>
+    `{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":${delta},"logprobs":null,"finish_reason":${finish}}]}`;
+
+  it('gives exactly what a full parse gives, for any token text', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary' }), fc.boolean(), (text, reasoning) => {
+        const delta = reasoning
+          ? `{"content":null,"reasoning_content":${JSON.stringify(text)}}`
+          : `{"content":${JSON.stringify(text)}}`;
+        const calls = run(shape(delta));
+        const expected = text.length === 0 ? [] : [[reasoning ? 'reasoning' : 'content', text]];
+        expect(calls).toEqual(expected);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('steps aside for anything else: finish chunks, extra delta fields, truncated data', () => {
+    expect(run(shape('{"content":"a"}', '"stop"'))).toEqual([
+      ['content', 'a'],
+      ['finish', 'stop', undefined],
+    ]);
+    expect(run(shape('{"content":"a","tool_calls":[]}'))).toEqual([['content', 'a']]);
+    const truncated = shape('{"content":"a"}').slice(0, -1);
+    expect(run(truncated).map((c) => c[0])).toEqual(['invalid']);
+    expect(run(shape('{"content":"bad \\q escape"}')).map((c) => c[0])).toEqual(['invalid']);
   });
 });
