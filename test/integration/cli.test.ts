@@ -1,0 +1,131 @@
+// The CLI, spawned as a user would run it, against the simulator directly and through a proxy.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { simulateAnswer } from '../../src/simulator/answer';
+import { startStack, TEST_KEY, waitFor, type Stack } from '../helpers/stack';
+
+const root = path.resolve(__dirname, '../..');
+const tsx = path.join(root, 'node_modules/.bin/tsx');
+
+interface Run {
+  code: Promise<number | null>;
+  stdout: () => string;
+  stderr: () => string;
+  kill: (sig: NodeJS.Signals) => void;
+}
+
+function cli(args: string[], env: Record<string, string> = {}, stdin?: string): Run {
+  const child = spawn(tsx, ['src/cli/main.ts', ...args], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  child.stdin.end(stdin ?? '');
+  return {
+    code: new Promise((r) => child.on('exit', (c) => r(c))),
+    stdout: () => out,
+    stderr: () => err,
+    kill: (sig) => child.kill(sig),
+  };
+}
+
+let stack: Stack;
+let dir: string;
+beforeAll(async () => {
+  stack = await startStack();
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dsp-cli-'));
+});
+afterAll(() => stack.close());
+
+const direct = () => ({ DEEPSEEK_API_KEY: TEST_KEY, DEEPSEEK_BASE_URL: stack.sim.url });
+
+describe('deepseek-stream', () => {
+  it('through a proxy with --server, into a file: the file is the answer', async () => {
+    const file = path.join(dir, 'server.txt');
+    const r = cli(['--server', stack.url, '-o', file, 'cli via proxy']);
+    expect(await r.code).toBe(0);
+    expect(fs.readFileSync(file, 'utf8')).toBe(simulateAnswer('cli via proxy').text);
+    expect(fs.existsSync(file + '.resume.json')).toBe(false);
+    expect(r.stderr()).toBe(''); // no progress line when stderr is not a terminal
+  }, 30_000);
+
+  it('straight to DeepSeek (the simulator), to stdout; and the prompt from stdin', async () => {
+    const a = cli(['--no-thinking', 'cli direct'], direct());
+    expect(await a.code).toBe(0);
+    expect(a.stdout()).toBe(simulateAnswer('cli direct').text);
+    const b = cli([], direct(), 'cli from stdin');
+    expect(await b.code).toBe(0);
+    expect(b.stdout()).toBe(simulateAnswer('cli from stdin').text);
+  }, 30_000);
+
+  it('Ctrl-C keeps the partial file (exit 130); --resume completes it exactly', async () => {
+    const prompt = 'cli resume direct [[tokens=300 delay=10]]';
+    const file = path.join(dir, 'direct.txt');
+    const first = cli(['--no-thinking', '-o', file, prompt], direct());
+    await waitFor(() => fs.existsSync(file) && fs.statSync(file).size > 30, 15_000, 'some output');
+    first.kill('SIGINT');
+    expect(await first.code).toBe(130);
+    const partial = fs.readFileSync(file, 'utf8');
+    const full = simulateAnswer(prompt).text;
+    expect(partial.length).toBeGreaterThan(0);
+    expect(partial.length).toBeLessThan(full.length);
+    expect(full.startsWith(partial)).toBe(true);
+    const second = cli(['--no-thinking', '--resume', '-o', file, prompt], direct());
+    expect(await second.code).toBe(0);
+    expect(fs.readFileSync(file, 'utf8')).toBe(full);
+    const beta = stack.sim.requests.filter(
+      (r) => r.path === '/beta/chat/completions' && r.body.messages?.[0]?.content === prompt,
+    );
+    expect(beta.length).toBeGreaterThanOrEqual(1);
+  }, 40_000);
+
+  it('through a proxy: an interrupted download resumes from the journal with Range', async () => {
+    const s = await startStack({ resumeGraceMs: 10_000 });
+    try {
+      const prompt = 'cli resume server [[tokens=300 delay=10]]';
+      const file = path.join(dir, 'server-resume.txt');
+      const first = cli(['--server', s.url, '--no-thinking', '-o', file, prompt]);
+      await waitFor(
+        () => fs.existsSync(file) && fs.statSync(file).size > 30,
+        15_000,
+        'some output',
+      );
+      first.kill('SIGINT');
+      expect(await first.code).toBe(130);
+      expect(fs.existsSync(file + '.resume.json')).toBe(true);
+      const second = cli(['--server', s.url, '--resume', '-o', file, prompt]);
+      expect(await second.code).toBe(0);
+      expect(fs.readFileSync(file, 'utf8')).toBe(simulateAnswer(prompt).text);
+      expect(s.sim.requests.filter((r) => r.body.messages?.[0]?.content === prompt)).toHaveLength(
+        1,
+      );
+    } finally {
+      await s.close();
+    }
+  }, 40_000);
+
+  it('bad usage exits 2', async () => {
+    const unknown = cli(['--bogus', 'x']);
+    expect(await unknown.code).toBe(2);
+    expect(unknown.stderr()).toMatch(/usage: deepseek-stream/);
+    expect(await cli(['--resume', 'x'], direct()).code).toBe(2);
+    expect(await cli([], direct(), '').code).toBe(2);
+    expect(await cli(['no key here']).code).toBe(2);
+  }, 30_000);
+
+  it('an upstream failure exits 1 with the error code on stderr', async () => {
+    const direct402 = cli(['pay [[status=402]]'], direct());
+    expect(await direct402.code).toBe(1);
+    expect(direct402.stderr()).toMatch(/upstream_insufficient_balance/);
+    const proxied = cli(['--server', stack.url, 'pay too [[status=402]]']);
+    expect(await proxied.code).toBe(1);
+    expect(proxied.stderr()).toMatch(/upstream_insufficient_balance/);
+  }, 30_000);
+});
