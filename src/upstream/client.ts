@@ -5,7 +5,12 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
-import axios, { type AxiosInstance } from 'axios';
+import axios, {
+  AxiosHeaders,
+  type AxiosInstance,
+  type AxiosResponse,
+  type InternalAxiosRequestConfig,
+} from 'axios';
 
 export interface UpstreamClientOptions {
   baseUrl: string;
@@ -40,11 +45,21 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
   const httpAgent = new http.Agent(agentOptions);
   const httpsAgent = new https.Agent(agentOptions);
 
-  // A transport that arms a connect timer on fresh sockets; pooled sockets skip it.
-  const transport = {
-    request(options: http.RequestOptions, cb: (res: http.IncomingMessage) => void) {
-      const mod = options.protocol === 'https:' ? https : http;
-      const req = mod.request(options, cb);
+  // Our own axios adapter: a plain http(s).request that resolves at the response headers with
+  // the body as the raw IncomingMessage. Axios's Node adapter does far more per request (proxy
+  // and redirect handling, progress and decompression streams); the profile showed it as the
+  // largest share of per-request CPU (docs/BENCHMARKS.md). Axios still owns the config, the key
+  // header and body serialisation. It also arms the connect time limit on fresh sockets.
+  const adapter = (config: InternalAxiosRequestConfig): Promise<AxiosResponse> =>
+    new Promise((resolve, reject) => {
+      const url = new URL((config.baseURL ?? '') + (config.url ?? ''));
+      const https_ = url.protocol === 'https:';
+      const req = (https_ ? https : http).request(url, {
+        method: (config.method ?? 'post').toUpperCase(),
+        headers: AxiosHeaders.from(config.headers).toJSON() as http.OutgoingHttpHeaders,
+        agent: https_ ? httpsAgent : httpAgent,
+        signal: config.signal as AbortSignal | undefined,
+      });
       req.once('socket', (socket) => {
         if (!socket.connecting) return;
         const timer = setTimeout(
@@ -53,25 +68,28 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
         );
         timer.unref();
         const clear = () => clearTimeout(timer);
-        socket.once(options.protocol === 'https:' ? 'secureConnect' : 'connect', clear);
+        socket.once(https_ ? 'secureConnect' : 'connect', clear);
         socket.once('close', clear);
       });
-      return req;
-    },
-  };
+      req.once('response', (res) => {
+        resolve({
+          data: res,
+          status: res.statusCode ?? 0,
+          statusText: res.statusMessage ?? '',
+          headers: res.headers as AxiosResponse['headers'],
+          config,
+          request: req,
+        });
+      });
+      req.once('error', reject);
+      req.end(config.data as string | undefined);
+    });
 
   const instance: AxiosInstance = axios.create({
     baseURL: opts.baseUrl,
-    httpAgent,
-    httpsAgent,
-    transport,
-    proxy: false, // an HTTP(S)_PROXY in the environment must not reroute (or buffer) the stream
-    maxRedirects: 0,
-    decompress: false,
+    adapter,
     responseType: 'stream',
     validateStatus: () => true,
-    maxBodyLength: Infinity,
-    maxContentLength: Infinity,
     headers: {
       Authorization: `Bearer ${opts.apiKey}`,
       'Content-Type': 'application/json',
