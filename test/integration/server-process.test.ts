@@ -1,39 +1,9 @@
 // The server as a process, as `npm start` runs it: start-up validation, the simulator fallback,
 // and graceful shutdown.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import { parseSse, q, request, sseText, waitFor } from '../helpers/stack';
+import { startServerProcess as startServer } from '../helpers/proc';
 import { simulateAnswer } from '../../src/simulator/answer';
-
-const root = path.resolve(__dirname, '../..');
-const tsx = path.join(root, 'node_modules/.bin/tsx');
-
-interface Proc {
-  child: ChildProcess;
-  out: string[];
-  exit: Promise<number | null>;
-}
-
-function startServer(env: Record<string, string>): Proc {
-  const child = spawn(tsx, ['src/server.ts'], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const out: string[] = [];
-  child.stdout!.on('data', (b: Buffer) => out.push(b.toString()));
-  child.stderr!.on('data', (b: Buffer) => out.push(b.toString()));
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, out, exit };
-}
-
-function portOf(p: Proc): number | undefined {
-  for (const chunk of p.out.join('').split('\n')) {
-    if (chunk.includes('"listening"')) return (JSON.parse(chunk) as { port: number }).port;
-  }
-  return undefined;
-}
 
 describe('start-up', () => {
   it('exits non-zero naming the variable when a setting is bad', async () => {
@@ -51,9 +21,9 @@ describe('start-up', () => {
   it('without a key serves from the simulator, warns, and streams an answer', async () => {
     const p = startServer({ PORT: '0', HOST: '127.0.0.1', SIMULATOR_TOKEN_DELAY_MS: '0' });
     try {
-      await waitFor(() => portOf(p) !== undefined, 15_000, 'listening');
+      const base = await p.ready();
       expect(p.out.join('')).toMatch(/"level":40.*simulator/);
-      const res = await request(`http://127.0.0.1:${portOf(p)}${q('hello')}`);
+      const res = await request(base + q('hello'));
       expect(res.status).toBe(200);
       expect(res.body).toBe(simulateAnswer('hello').text);
     } finally {
@@ -71,8 +41,7 @@ describe('graceful shutdown', () => {
       SIMULATOR_TOKEN_DELAY_MS: '20',
       SHUTDOWN_GRACE_MS: '1500',
     });
-    await waitFor(() => portOf(p) !== undefined, 15_000, 'listening');
-    const base = `http://127.0.0.1:${portOf(p)}`;
+    const base = await p.ready();
     let shortSeen = false;
     let longSeen = false;
     const short = request(base + q('short one [[tokens=20]]', '&format=sse&thinking=false'), {

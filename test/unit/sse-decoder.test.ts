@@ -60,6 +60,19 @@ const FIXTURES: Record<string, string> = {
 
 const bytesOf = (s: string) => Buffer.from(s, 'utf8');
 
+/** `bytes` cut at the given points (taken modulo its length, in order, duplicates ignored). */
+function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
+  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((x, y) => x - y);
+  const pieces: Uint8Array[] = [];
+  let at = 0;
+  for (const p of points) {
+    pieces.push(bytes.subarray(at, p));
+    at = p;
+  }
+  pieces.push(bytes.subarray(at));
+  return pieces;
+}
+
 describe('each fixture decodes the same whole, split at every index, and byte by byte', () => {
   for (const [name, text] of Object.entries(FIXTURES)) {
     it(name, () => {
@@ -212,16 +225,7 @@ describe('properties (fast-check)', () => {
         fc.uint8Array({ maxLength: 400 }),
         fc.array(fc.nat(400), { maxLength: 8 }),
         (bytes, cuts) => {
-          const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort(
-            (x, y) => x - y,
-          );
-          const pieces: Uint8Array[] = [];
-          let at = 0;
-          for (const p of points) {
-            pieces.push(bytes.subarray(at, p));
-            at = p;
-          }
-          pieces.push(bytes.subarray(at));
+          const pieces = splitAt(bytes, cuts);
           const buf = Buffer.from(bytes);
           expect(decodeChunks(pieces)).toEqual(decodeChunks([buf]));
         },
@@ -245,16 +249,7 @@ describe('properties (fast-check)', () => {
             .map(([d, e1, e2]) => `data: ${d}${e1}${e1 === '\r' && e2 === '\n' ? '\r' : e2}`)
             .join('');
           const bytes = Buffer.from(wire, 'utf8');
-          const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort(
-            (x, y) => x - y,
-          );
-          const pieces: Uint8Array[] = [];
-          let at = 0;
-          for (const p of points) {
-            pieces.push(bytes.subarray(at, p));
-            at = p;
-          }
-          pieces.push(bytes.subarray(at));
+          const pieces = splitAt(bytes, cuts);
           const seen = decodeChunks(pieces);
           expect(seen.events.map(([d]) => d)).toEqual(events.map(([d]) => d));
         },
