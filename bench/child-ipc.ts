@@ -1,0 +1,50 @@
+// bench/child-ipc.ts: the small protocol between bench/run.ts and its child processes (simulator,
+// proxy, baseline), over Node's IPC channel. A child says `ready` with its port; the parent may
+// ask it to collect garbage (so an idle RSS reading is not inflated by garbage), for its JS heap
+// use (which part of the RSS is JS objects), to tell the time
+// on its monotonic clock (to cut a --cpu-prof profile to the measured window), or to exit cleanly
+// (so --cpu-prof gets to write its file).
+
+export type ParentMessage = { id: number; cmd: 'gc' | 'now' | 'heap' | 'exit' };
+export type ChildMessage =
+  { type: 'ready'; port: number; pid: number } | { type: 'reply'; id: number; value: number };
+
+/** In a child: announce the port and serve the parent's commands. */
+export function serveParent(port: number, onExit: () => Promise<void> | void): void {
+  const send = (m: ChildMessage) => process.send?.(m);
+  process.on('message', (raw: unknown) => {
+    const m = raw as ParentMessage;
+    switch (m.cmd) {
+      case 'gc': {
+        const gc = (globalThis as { gc?: () => void }).gc;
+        if (gc) {
+          gc();
+          gc();
+        }
+        send({ type: 'reply', id: m.id, value: gc ? 1 : 0 });
+        break;
+      }
+      case 'heap':
+        // Live JS objects (V8 heap used) plus memory held outside it by JS objects (Buffers).
+        {
+          const u = process.memoryUsage();
+          send({ type: 'reply', id: m.id, value: u.heapUsed + u.external });
+        }
+        break;
+      case 'now':
+        // Microseconds on the monotonic clock: the clock V8 stamps profile samples with.
+        send({ type: 'reply', id: m.id, value: Number(process.hrtime.bigint() / 1000n) });
+        break;
+      case 'exit':
+        void Promise.resolve(onExit()).finally(() => {
+          send({ type: 'reply', id: m.id, value: 0 });
+          // process.exit (not a signal) so that --cpu-prof writes its profile.
+          setImmediate(() => process.exit(0));
+        });
+        break;
+    }
+  });
+  // The parent died: do not linger.
+  process.on('disconnect', () => process.exit(0));
+  send({ type: 'ready', port, pid: process.pid });
+}

@@ -1,0 +1,551 @@
+// bench/run.ts: `npm run bench`. Starts the simulator (fast mode), the proxy and a bare Node pipe
+// (the baseline) each in its own process on loopback, drives them with the load generator in this
+// process, reads the servers' CPU time and memory from /proc, and reports the proxy as ratios to
+// the baseline (docs/BENCHMARKS.md). See `npm run bench -- --help`.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { buildChildren, type Build } from './build';
+import { startChild, type Child } from './children';
+import { runLoad, type Job, type LoadOptions } from './loadgen';
+import {
+  cpuMicros,
+  loadAverage,
+  machine,
+  listenDrops,
+  machineBusyMicros,
+  memory,
+  openFileLimit,
+  resetPeak,
+  syscalls,
+} from './proc';
+import { analyse, printProfile, readProfile, type Window, type WindowProfile } from './profile';
+import { writeReport, type RunInfo } from './report';
+import {
+  makeJobs,
+  scenarios,
+  TARGETS,
+  type Scenario,
+  type Target,
+  type Variant,
+} from './scenarios';
+import {
+  addProbeResults,
+  addResults,
+  derive,
+  emptyMeasurement,
+  fmt,
+  MEM_MIN_OPEN,
+  type Measurement,
+} from './stats';
+
+const ROOT = path.resolve(__dirname, '..');
+const PROFILE_DIR = path.join(__dirname, 'profiles');
+const DOC = path.join(ROOT, 'docs', 'BENCHMARKS.md');
+
+const HELP = `npm run bench -- [options]
+
+  --quick              small counts: a smoke run in well under a minute
+  --scenario NAME      only this scenario (repeatable; comma lists work): latency, throughput,
+                       slow, framing
+  --target KEY         only these targets besides the baseline: sse, text, v1, and the
+                       experiment sse-post (POST /chat-stream; not run by default)
+  --rounds N           measure every target N times, alternating the order (default 2; 1 with
+                       --quick)
+  --profile            afterwards, run the proxy again under --cpu-prof (into bench/profiles/) for
+                       the latency and throughput scenarios (or the --scenario ones) and print
+                       the top self-time functions
+  --set KEY=VALUE      override a proxy Config field (JSON value), e.g. --set upstreamMaxSockets=256
+  --doc / --no-doc     write docs/BENCHMARKS.md (default: only for a full, unfiltered run)
+  --json FILE          also write the raw measurements as JSON
+  --render FILE        measure nothing: write docs/BENCHMARKS.md from a --json file
+  --echo               show the children's output
+`;
+
+interface Options {
+  quick: boolean;
+  scenarios: string[];
+  targets: string[];
+  rounds: number;
+  profile: boolean;
+  set: Record<string, unknown>;
+  doc: boolean | undefined;
+  json: string | undefined;
+  render: string | undefined;
+  echo: boolean;
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    quick: false,
+    scenarios: [],
+    targets: [],
+    rounds: 0,
+    profile: false,
+    set: {},
+    doc: undefined,
+    json: undefined,
+    render: undefined,
+    echo: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [flag, inline] = a.includes('=') && a.startsWith('--') ? a.split(/=(.*)/s) : [a];
+    const value = () => {
+      const v = inline ?? argv[++i];
+      if (v === undefined) throw new Error(`${flag} needs a value`);
+      return v;
+    };
+    switch (flag) {
+      case '--quick':
+        o.quick = true;
+        break;
+      case '--scenario':
+        o.scenarios.push(...value().split(','));
+        break;
+      case '--target':
+        o.targets.push(...value().split(','));
+        break;
+      case '--rounds':
+        o.rounds = Math.max(1, Math.floor(Number(value())) || 1);
+        break;
+      case '--profile':
+        o.profile = true;
+        break;
+      case '--set': {
+        const [k, v] = value().split(/=(.*)/s);
+        if (!k || v === undefined) throw new Error('--set takes KEY=VALUE');
+        let parsed: unknown = v;
+        try {
+          parsed = JSON.parse(v);
+        } catch {
+          // a bare string
+        }
+        o.set[k] = parsed;
+        break;
+      }
+      case '--doc':
+        o.doc = true;
+        break;
+      case '--no-doc':
+        o.doc = false;
+        break;
+      case '--json':
+        o.json = value();
+        break;
+      case '--render':
+        o.render = value();
+        break;
+      case '--echo':
+        o.echo = true;
+        break;
+      case '--help':
+      case '-h':
+        process.stdout.write(HELP);
+        process.exit(0);
+        break;
+      default:
+        throw new Error(`unknown option ${a}\n\n${HELP}`);
+    }
+  }
+  // Two rounds in opposite orders by default, so drift (other load on a shared machine, heap
+  // growth) does not favour whichever target runs first; one for a quick smoke run.
+  if (o.rounds === 0) o.rounds = o.quick ? 1 : 2;
+  return o;
+}
+
+const log = (s: string) => process.stdout.write(s + '\n');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Stack {
+  sim: Child;
+  proxy: Child;
+  baseline: Child | undefined;
+}
+
+let build: Build | undefined;
+
+async function startStack(opts: Options, withBaseline: boolean, nodeArgs: string[] = []) {
+  const b = build!;
+  const sim = await startChild('sim', b.child('sim-child.ts'), { env: b.env, echo: opts.echo });
+  const env = { ...b.env, BENCH_UPSTREAM: sim.url, BENCH_PROXY_CONFIG: JSON.stringify(opts.set) };
+  const [proxy, baseline] = await Promise.all([
+    startChild('proxy', b.child('proxy-child.ts'), { env, nodeArgs, echo: opts.echo }),
+    withBaseline
+      ? startChild('baseline', b.child('baseline-child.ts'), { env, echo: opts.echo })
+      : Promise.resolve(undefined),
+  ]);
+  return { sim, proxy, baseline } satisfies Stack;
+}
+
+async function stopStack(s: Stack): Promise<void> {
+  await Promise.all([s.proxy.stop(), s.baseline?.stop()]);
+  await s.sim.stop();
+}
+
+/** True when the route exists (anything but 404/405 to a real request). */
+async function probe(target: Target, server: Child): Promise<boolean> {
+  const [job] = makeJobs(target, 'probe', 1, 2, '');
+  const r = await runLoad({
+    host: '127.0.0.1',
+    port: server.port,
+    wire: target.wire,
+    jobs: [job!],
+    concurrency: 1,
+    timeoutMs: 10_000,
+  });
+  return r.results[0]!.status !== 404 && r.results[0]!.status !== 405;
+}
+
+/** One measured run of one target: warm-up, then the load with /proc readings around it. */
+async function measureOnce(
+  m: Measurement,
+  stack: Stack,
+  server: Child,
+  target: Target,
+  v: Variant,
+  tag: string,
+): Promise<void> {
+  const load = (jobs: Job[], concurrency: number, hooks: Partial<LoadOptions> = {}) =>
+    runLoad({
+      host: '127.0.0.1',
+      port: server.port,
+      wire: target.wire,
+      jobs,
+      concurrency,
+      timeoutMs: v.timeoutMs,
+      ...hooks,
+    });
+  const w = v.warmup;
+  await load(makeJobs(target, `${tag} warmup`, w.streams, w.tokens, w.directives), w.concurrency);
+  const jobs = makeJobs(target, tag, v.streams, v.tokens, v.directives);
+
+  await server.gc();
+  await sleep(200);
+  const idle = memory(server.pid).rss;
+  const canReset = resetPeak(server.pid);
+  let sampled = idle;
+  const sample = () => {
+    const r = memory(server.pid).rss;
+    if (r > sampled) sampled = r;
+  };
+  const sampler = setInterval(sample, 50);
+  const drops0 = listenDrops();
+  const others = [stack.sim, stack.proxy, stack.baseline].filter((c): c is Child => !!c);
+  const cpu0 = others.map((c) => cpuMicros(c.pid));
+  const io0 = syscalls(server.pid);
+  const busy0 = machineBusyMicros();
+
+  const result = await load(jobs, v.concurrency, {
+    // Sample memory when the number of open streams is at its highest too.
+    onProgress: v.concurrency >= MEM_MIN_OPEN ? sample : undefined,
+  });
+
+  const busy1 = machineBusyMicros();
+  const cpu1 = others.map((c) => cpuMicros(c.pid));
+  const io1 = syscalls(server.pid);
+  clearInterval(sampler);
+  sample();
+  const peak = Math.max(sampled, canReset ? memory(server.pid).hwm : 0);
+  const delta = (c: Child) => cpu1[others.indexOf(c)]! - cpu0[others.indexOf(c)]!;
+  const ours = others.reduce((s, c) => s + delta(c), 0) + result.generatorCpuMicros;
+
+  addResults(m, result.results);
+  m.rounds++;
+  m.wallMs += result.wallMs;
+  m.cpuUs += delta(server);
+  m.simCpuUs += delta(stack.sim);
+  m.readCalls += io1.reads - io0.reads;
+  m.writeCalls += io1.writes - io0.writes;
+  m.generatorCpuUs += result.generatorCpuMicros;
+  m.foreignCpuUs += Math.max(0, busy1 - busy0 - ours);
+  m.idleRss.push(idle);
+  m.peakRss.push(peak);
+  m.peakOpen.push(result.peakOpen);
+
+  if (v.memoryProbe) {
+    // Live memory per open stream: longer streams, so all are open together; when 98% of them
+    // have had their first token (or the first one ends), collect garbage, read RSS and JS heap.
+    const p = v.memoryProbe;
+    await server.gc();
+    await sleep(200);
+    const idleRss = memory(server.pid).rss;
+    const idleHeap = await server.heap();
+    let firsts = 0;
+    let ended = 0;
+    let probe: Promise<void> | undefined;
+    const snap = () => {
+      if (probe) return;
+      const open = firsts - ended;
+      probe = server.gc().then(async () => {
+        m.probe.push({
+          open,
+          idleRss,
+          rss: memory(server.pid).rss,
+          idleHeap,
+          heap: await server.heap(),
+        });
+      });
+    };
+    const probeJobs = makeJobs(target, `${tag} memory`, v.streams, p.tokens, p.directives);
+    const r = await load(probeJobs, v.concurrency, {
+      onFirstToken: () => {
+        if (++firsts >= Math.ceil(probeJobs.length * 0.98)) snap();
+      },
+      onProgress: () => {
+        ended++;
+        snap();
+      },
+    });
+    await probe;
+    addProbeResults(m, r.results);
+  }
+  m.listenDrops += listenDrops() - drops0;
+}
+
+function serverFor(stack: Stack, t: Target): Child {
+  return t.server === 'baseline' ? stack.baseline! : stack.proxy;
+}
+
+function printMeasurement(m: Measurement, base: Measurement | undefined): void {
+  const d = derive(m);
+  const b = base && base !== m ? derive(base) : undefined;
+  const r = (x: number, y: number | undefined) => (y === undefined ? '' : ` (${fmt.ratio(x / y)})`);
+  log(
+    `  ${m.target.padEnd(9)} ok ${m.ok}/${m.streams}` +
+      (m.failures ? ` FAILED ${m.failures} [${m.failureSamples.join(' | ')}]` : '') +
+      ` lost ${m.tokensLost} fffd ${m.replacementChars}` +
+      ` | ttft p50 ${fmt.ms(d.ttftP50)}${r(d.ttftP50, b?.ttftP50)}` +
+      ` p99 ${fmt.ms(d.ttftP99)}${r(d.ttftP99, b?.ttftP99)} ms` +
+      ` | total p99 ${fmt.ms(d.totalP99)}${r(d.totalP99, b?.totalP99)} ms` +
+      ` | ${fmt.int(d.tokensPerSec)} tok/s` +
+      ` | syscalls/stream r ${(m.readCalls / m.streams).toFixed(1)} w ${(m.writeCalls / m.streams).toFixed(1)}` +
+      ` | cpu ${fmt.us(d.cpuUsPerToken)}${r(d.cpuUsPerToken, b?.cpuUsPerToken)} µs/tok` +
+      (d.peakOpen >= MEM_MIN_OPEN
+        ? ` | peak mem ${fmt.kib(d.peakMemPerStream)}${r(d.peakMemPerStream, b?.peakMemPerStream)}/stream` +
+          ` (open ${d.peakOpen})`
+        : '') +
+      (m.probe.length
+        ? ` | live mem ${fmt.kib(d.memPerStream)}${r(d.memPerStream, b?.memPerStream)}/stream` +
+          ` (heap ${fmt.kib(d.heapPerStream)}${r(d.heapPerStream, b?.heapPerStream)},` +
+          ` ${d.probeOpen} open)`
+        : '') +
+      ` | peak RSS ${fmt.mib(d.peakRss)}` +
+      (m.listenDrops ? ` | ${m.listenDrops} LISTEN DROPS` : '') +
+      (d.foreignCores > 0.1 ? ` | other load ${fmt.pct(d.foreignCores)} of a core` : ''),
+  );
+}
+
+async function runScenario(
+  sc: Scenario,
+  targets: Target[],
+  opts: Options,
+  notes: string[],
+): Promise<Measurement[]> {
+  const maxConc = Math.max(...sc.variants.map((v) => v.concurrency));
+  const fds = openFileLimit();
+  // Per process, at worst: the proxy holds 2 sockets per stream (client + upstream).
+  if (fds !== undefined && fds < 2 * maxConc + 256) {
+    throw new Error(
+      `scenario ${sc.key} opens ${maxConc} streams at once: that needs about ${2 * maxConc + 256} ` +
+        `file descriptors per process, but ulimit -n is ${fds}. Run \`ulimit -n 8192\` first.`,
+    );
+  }
+  log(`\n== ${sc.title}: ${sc.what}`);
+  const stack = await startStack(opts, true);
+  const out: Measurement[] = [];
+  try {
+    const live: Target[] = [];
+    for (const t of targets) {
+      if (t.probe && !(await probe(t, serverFor(stack, t)))) {
+        const note = `${t.label}: the route answered 404, skipped`;
+        if (!notes.includes(note)) notes.push(note);
+        log(`  ${note}`);
+        continue;
+      }
+      live.push(t);
+    }
+    for (const v of sc.variants) {
+      log(`-- ${v.label}`);
+      const ms = new Map(
+        live.map((t) => [t.key, emptyMeasurement(sc.key, v.key, v.label, t.key)] as const),
+      );
+      for (let round = 0; round < opts.rounds; round++) {
+        // Alternate the order, so drift (other load, heap growth) does not favour one side.
+        const order = round % 2 === 0 ? live : [...live].reverse();
+        for (const t of order) {
+          await measureOnce(ms.get(t.key)!, stack, serverFor(stack, t), t, v, `${v.key} r${round}`);
+        }
+      }
+      const base = ms.get('baseline');
+      for (const t of live) printMeasurement(ms.get(t.key)!, base);
+      out.push(...ms.values());
+    }
+  } finally {
+    await stopStack(stack);
+  }
+  return out;
+}
+
+/** The --profile pass: the proxy alone under --cpu-prof, one window per target. */
+async function profileScenario(
+  sc: Scenario,
+  targets: Target[],
+  opts: Options,
+): Promise<{ file: string; windows: WindowProfile[] }> {
+  fs.mkdirSync(PROFILE_DIR, { recursive: true });
+  const name = `proxy-${sc.key}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`;
+  const file = path.join(PROFILE_DIR, name);
+  log(`\n== profile: ${sc.title} (proxy under --cpu-prof -> ${path.relative(ROOT, file)})`);
+  const stack = await startStack(opts, false, [
+    '--cpu-prof',
+    '--cpu-prof-interval=200',
+    `--cpu-prof-dir=${PROFILE_DIR}`,
+    `--cpu-prof-name=${name}`,
+  ]);
+  const windows: Window[] = [];
+  try {
+    for (const t of targets.filter((x) => x.server === 'proxy')) {
+      if (t.probe && !(await probe(t, stack.proxy))) continue;
+      for (const v of sc.variants) {
+        const m = emptyMeasurement(sc.key, v.key, v.label, t.key);
+        const w = v.warmup;
+        await runLoad({
+          host: '127.0.0.1',
+          port: stack.proxy.port,
+          wire: t.wire,
+          jobs: makeJobs(t, `profile warmup ${v.key}`, w.streams, w.tokens, w.directives),
+          concurrency: w.concurrency,
+          timeoutMs: v.timeoutMs,
+        });
+        const from = await stack.proxy.now();
+        const r = await runLoad({
+          host: '127.0.0.1',
+          port: stack.proxy.port,
+          wire: t.wire,
+          jobs: makeJobs(t, `profile ${v.key}`, v.streams, v.tokens, v.directives),
+          concurrency: v.concurrency,
+          timeoutMs: v.timeoutMs,
+        });
+        const to = await stack.proxy.now();
+        addResults(m, r.results);
+        const label = `${sc.key}, ${t.label}${sc.variants.length > 1 ? `, ${v.label}` : ''}`;
+        windows.push({ label, from, to, tokens: m.tokens, streams: m.streams });
+      }
+    }
+  } finally {
+    await stopStack(stack);
+  }
+  const profile = readProfile(file);
+  for (const w of windows) {
+    if (w.from < profile.startTime || w.to > profile.endTime + 1e6) {
+      log(
+        `  warning: window ${w.label} [${w.from}, ${w.to}] is outside the profile's clock ` +
+          `[${profile.startTime}, ${profile.endTime}]: the process clock and V8's differ`,
+      );
+    }
+  }
+  const analysed = analyse(profile, windows, build!.dir);
+  for (const p of analysed) log(printProfile(p));
+  return { file: path.relative(ROOT, file), windows: analysed };
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  if (opts.render) {
+    writeReport(DOC, JSON.parse(fs.readFileSync(opts.render, 'utf8')) as RunInfo);
+    log(`wrote ${path.relative(ROOT, DOC)} from ${opts.render}`);
+    return;
+  }
+  const all = scenarios(opts.quick);
+  for (const s of opts.scenarios) {
+    if (!all.some((x) => x.key === s)) {
+      throw new Error(`unknown scenario ${s}; known: ${all.map((x) => x.key).join(', ')}`);
+    }
+  }
+  for (const t of opts.targets) {
+    if (!TARGETS.some((x) => x.key === t)) {
+      throw new Error(`unknown target ${t}; known: ${TARGETS.map((x) => x.key).join(', ')}`);
+    }
+  }
+  const chosen = opts.scenarios.length ? all.filter((s) => opts.scenarios.includes(s.key)) : all;
+  const targets = TARGETS.filter((t) => {
+    if (t.key === 'baseline') return true;
+    return opts.targets.length ? opts.targets.includes(t.key) : !t.optional;
+  });
+  const full = !opts.quick && !opts.scenarios.length && !opts.targets.length;
+  const command = ['npm run bench', ...(process.argv.length > 2 ? ['--'] : [])]
+    .concat(process.argv.slice(2))
+    .join(' ');
+  const m = machine();
+  const started = new Date();
+  const load0 = loadAverage();
+  log(
+    `deepseek-stream-proxy bench: ${m.nproc} cpu (${m.cpuModel}), ${m.ramGiB} GiB, node ${m.node},` +
+      ` ulimit -n ${m.openFiles}, load ${load0.toFixed(2)}${opts.quick ? ', QUICK' : ''}`,
+  );
+  const t0 = performance.now();
+  build = buildChildren();
+  process.on('exit', () => build?.remove());
+  log(
+    `compiled src/ (sha256 ${build.source.hash}, newest ${build.source.newest} ` +
+      `${build.source.newestAt}) and the bench children in ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+  const notes: string[] = [];
+  const measurements: Measurement[] = [];
+  for (const sc of chosen) measurements.push(...(await runScenario(sc, targets, opts, notes)));
+  const measuredMs = performance.now() - t0;
+
+  let profile: RunInfo['profile'];
+  if (opts.profile) {
+    const t1 = performance.now();
+    const which = opts.scenarios.length
+      ? chosen
+      : chosen.filter((s) => s.key === 'latency' || s.key === 'throughput');
+    const parts = [];
+    for (const sc of which) parts.push(await profileScenario(sc, targets, opts));
+    profile = {
+      files: parts.map((p) => p.file),
+      windows: parts.flatMap((p) => p.windows),
+      durationMs: performance.now() - t1,
+    };
+  }
+
+  const info: RunInfo = {
+    command,
+    date: started.toISOString(),
+    machine: m,
+    quick: opts.quick,
+    rounds: opts.rounds,
+    overrides: opts.set,
+    durationMs: performance.now() - t0,
+    measuredMs,
+    loadBefore: load0,
+    loadAfter: loadAverage(),
+    notes,
+    scenarios: chosen,
+    targets,
+    measurements,
+    profile,
+    source: build.source,
+  };
+  log(`\ndone in ${(info.durationMs / 1000).toFixed(0)} s`);
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify(info, null, 2));
+  if (opts.doc ?? full) {
+    writeReport(DOC, info);
+    log(`wrote ${path.relative(ROOT, DOC)}`);
+  } else {
+    log('docs/BENCHMARKS.md not written (a partial or quick run; --doc forces it)');
+  }
+  const failed = measurements.some(
+    (x) => x.failures > 0 || x.tokensLost > 0 || x.probeFailures > 0 || x.probeTokensLost > 0,
+  );
+  process.exitCode = failed ? 1 : 0;
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(2);
+});

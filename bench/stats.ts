@@ -1,0 +1,185 @@
+// bench/stats.ts: the numbers a measurement reduces to, and their formatting.
+
+import type { StreamResult } from './loadgen';
+
+/** One target measured once in one scenario variant (several rounds are merged into one). */
+export interface Measurement {
+  scenario: string;
+  variant: string;
+  variantLabel: string;
+  target: string;
+  rounds: number;
+  streams: number;
+  ok: number;
+  failures: number;
+  /** A few failure messages, for the report. */
+  failureSamples: string[];
+  /** Tokens delivered (expected minus lost). */
+  tokens: number;
+  tokensLost: number;
+  mismatches: number;
+  replacementChars: number;
+  ttftMs: number[];
+  totalMs: number[];
+  wallMs: number;
+  /** The serving child's CPU time (utime + stime) during the measured run, µs. */
+  cpuUs: number;
+  simCpuUs: number;
+  /** read() and write()/writev() system calls of the serving child during the measured runs. */
+  readCalls: number;
+  writeCalls: number;
+  generatorCpuUs: number;
+  /** Busy CPU on the machine not spent by the bench's own processes, µs. */
+  foreignCpuUs: number;
+  /** Per round: RSS before the run (after a forced GC) and its peak during the run. */
+  idleRss: number[];
+  peakRss: number[];
+  peakOpen: number[];
+  /**
+   * Live-memory probes (scenarios with a memoryProbe), one per round: RSS and JS heap (used +
+   * external), each after a forced GC, idle and then with `open` streams open.
+   */
+  probe: Array<{ open: number; idleRss: number; rss: number; idleHeap: number; heap: number }>;
+  /** The probe runs' streams are checked too, but kept apart from the timings and CPU. */
+  probeStreams: number;
+  probeFailures: number;
+  probeTokensLost: number;
+  /** Connections the kernel dropped from a full accept queue during the runs (should be 0). */
+  listenDrops: number;
+}
+
+export function emptyMeasurement(
+  scenario: string,
+  variant: string,
+  variantLabel: string,
+  target: string,
+): Measurement {
+  return {
+    scenario,
+    variant,
+    variantLabel,
+    target,
+    rounds: 0,
+    streams: 0,
+    ok: 0,
+    failures: 0,
+    failureSamples: [],
+    tokens: 0,
+    tokensLost: 0,
+    mismatches: 0,
+    replacementChars: 0,
+    ttftMs: [],
+    totalMs: [],
+    wallMs: 0,
+    cpuUs: 0,
+    simCpuUs: 0,
+    readCalls: 0,
+    writeCalls: 0,
+    generatorCpuUs: 0,
+    foreignCpuUs: 0,
+    idleRss: [],
+    peakRss: [],
+    peakOpen: [],
+    probe: [],
+    probeStreams: 0,
+    probeFailures: 0,
+    probeTokensLost: 0,
+    listenDrops: 0,
+  };
+}
+
+export function addProbeResults(m: Measurement, results: StreamResult[]): void {
+  for (const r of results) {
+    m.probeStreams++;
+    if (!r.ok) {
+      m.probeFailures++;
+      if (m.failureSamples.length < 3 && r.error) m.failureSamples.push(`memory probe: ${r.error}`);
+    }
+    m.probeTokensLost += r.tokensLost;
+  }
+}
+
+export function addResults(m: Measurement, results: StreamResult[]): void {
+  for (const r of results) {
+    m.streams++;
+    if (r.ok) m.ok++;
+    else {
+      m.failures++;
+      if (m.failureSamples.length < 3 && r.error) m.failureSamples.push(r.error);
+    }
+    m.tokens += r.tokens - r.tokensLost;
+    m.tokensLost += r.tokensLost;
+    if (r.mismatch) m.mismatches++;
+    m.replacementChars += r.replacementChars;
+    if (!Number.isNaN(r.ttftMs)) m.ttftMs.push(r.ttftMs);
+    m.totalMs.push(r.totalMs);
+  }
+}
+
+/** Memory per open stream is only reported when at least this many were open at once. */
+export const MEM_MIN_OPEN = 100;
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
+  return s[i]!;
+}
+
+export function median(values: number[]): number {
+  return percentile(values, 50);
+}
+
+export interface Derived {
+  ttftP50: number;
+  ttftP99: number;
+  totalP50: number;
+  totalP99: number;
+  tokensPerSec: number;
+  cpuUsPerToken: number;
+  /**
+   * Live memory per open stream, bytes, median over rounds: (RSS with the probe's streams open -
+   * idle RSS) / streams open, both after a forced GC. NaN without a memory probe.
+   */
+  memPerStream: number;
+  /** The same for the JS heap (used + external): the part of memPerStream that is JS objects. */
+  heapPerStream: number;
+  probeOpen: number;
+  /** (peak RSS during the measured run - idle RSS) / streams open at once, garbage included. */
+  peakMemPerStream: number;
+  peakRss: number;
+  peakOpen: number;
+  /** Share of one core used by other work on the machine during the run. */
+  foreignCores: number;
+}
+
+export function derive(m: Measurement): Derived {
+  const peakPerStream = m.peakRss.map((p, i) => (p - m.idleRss[i]!) / Math.max(1, m.peakOpen[i]!));
+  const live = m.probe.map((p) => (p.rss - p.idleRss) / Math.max(1, p.open));
+  const heap = m.probe.map((p) => (p.heap - p.idleHeap) / Math.max(1, p.open));
+  return {
+    ttftP50: percentile(m.ttftMs, 50),
+    ttftP99: percentile(m.ttftMs, 99),
+    totalP50: percentile(m.totalMs, 50),
+    totalP99: percentile(m.totalMs, 99),
+    tokensPerSec: m.wallMs > 0 ? m.tokens / (m.wallMs / 1000) : NaN,
+    cpuUsPerToken: m.tokens > 0 ? m.cpuUs / m.tokens : NaN,
+    memPerStream: median(live),
+    heapPerStream: median(heap),
+    probeOpen: m.probe.length ? Math.min(...m.probe.map((p) => p.open)) : 0,
+    peakMemPerStream: median(peakPerStream),
+    peakRss: Math.max(...m.peakRss),
+    peakOpen: Math.max(...m.peakOpen),
+    foreignCores: m.wallMs > 0 ? m.foreignCpuUs / 1000 / m.wallMs : 0,
+  };
+}
+
+export const fmt = {
+  ms: (v: number) => (Number.isNaN(v) ? '-' : v < 10 ? v.toFixed(2) : v.toFixed(1)),
+  us: (v: number) => (Number.isNaN(v) ? '-' : v < 10 ? v.toFixed(2) : v.toFixed(1)),
+  int: (v: number) => (Number.isNaN(v) ? '-' : Math.round(v).toLocaleString('en-US')),
+  ratio: (v: number) => (Number.isFinite(v) ? `${v.toFixed(2)}x` : '-'),
+  kib: (v: number) => (Number.isNaN(v) ? '-' : `${(v / 1024).toFixed(1)} KiB`),
+  mib: (v: number) => (Number.isNaN(v) ? '-' : `${(v / 2 ** 20).toFixed(1)} MiB`),
+  pct: (v: number) => `${(v * 100).toFixed(0)}%`,
+};
