@@ -48,7 +48,7 @@ const schema = z.object({
   DEEPSEEK_BASE_URL: url('https://api.deepseek.com'),
   DEEPSEEK_MODEL: z.string().trim().min(1).default('deepseek-v4-flash'),
   ALLOWED_MODELS: list(DEFAULT_ALLOWED_MODELS),
-  UPSTREAM_MAX_SOCKETS: int(256, 1),
+  UPSTREAM_MAX_SOCKETS: int(1000, 1),
   RETRY_MAX: int(3, 0, 20),
   RETRY_BASE_DELAY_MS: int(500),
   RETRY_MAX_DELAY_MS: int(8000),

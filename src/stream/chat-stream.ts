@@ -70,6 +70,7 @@ type AttemptResult =
 const ABORT_HEADERS = Symbol('headers timeout');
 const ABORT_STOP = Symbol('stop');
 const MAX_ERROR_BODY = 16 * 1024;
+const FLUSH_NOW_BYTES = 64 * 1024;
 
 export class ChatStream implements DeltaSink {
   readonly stats: StreamStats;
@@ -81,8 +82,8 @@ export class ChatStream implements DeltaSink {
   private opened = false;
   private stopped = false;
   private paused = false;
-  /** The answer text relayed so far: the prefix for an upstream resume. */
-  private answer = '';
+  /** The answer relayed so far, token by token (joined only for an upstream resume). */
+  private readonly answerParts: string[] = [];
   private sentToken = false;
   private finishReason: string | undefined;
   private usageSeen: Usage | undefined;
@@ -93,6 +94,16 @@ export class ChatStream implements DeltaSink {
   private idleTimer: NodeJS.Timeout | undefined;
   /** Something was handed to the listener since the last flush. */
   private dirty = false;
+  private flushScheduled = false;
+  /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
+  private unflushed = 0;
+  private readonly flushNow = (): void => {
+    this.flushScheduled = false;
+    this.unflushed = 0;
+    if (!this.dirty) return;
+    this.dirty = false;
+    if (!this.listener.flush()) this.pause();
+  };
 
   constructor(
     client: UpstreamClient,
@@ -102,7 +113,7 @@ export class ChatStream implements DeltaSink {
     /** Continue this answer (chat prefix completion) instead of starting a new one. */
     prefix = '',
   ) {
-    this.answer = prefix;
+    if (prefix) this.answerParts.push(prefix);
     this.client = client;
     this.s = settings;
     this.body = body;
@@ -223,9 +234,11 @@ export class ChatStream implements DeltaSink {
   // ---- one upstream attempt -------------------------------------------------------------
 
   private async attempt(): Promise<AttemptResult> {
-    const resuming = this.answer.length > 0;
+    const resuming = this.answerParts.length > 0;
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
-    const body = resuming ? prefixContinuationBody(this.body, this.answer) : this.body;
+    const body = resuming
+      ? prefixContinuationBody(this.body, this.answerParts.join(''))
+      : this.body;
     const controller = new AbortController();
     this.controller = controller;
     this.stats.upstreamRequests++;
@@ -272,9 +285,16 @@ export class ChatStream implements DeltaSink {
         this.idleTimer?.refresh();
         this.stats.bytesIn += buf.length;
         decoder.feed(buf);
-        if (this.dirty) {
-          this.dirty = false;
-          if (!this.listener.flush()) this.pause();
+        // One client write per event-loop turn, not per upstream chunk: DeepSeek sends a chunk
+        // per event, and a write per chunk made writev the top item of the profile.
+        // Past 64 KiB read since the last write, write now: the buffer stays small for
+        // backpressure to act on.
+        this.unflushed += buf.length;
+        if (!this.dirty) return;
+        if (this.unflushed >= FLUSH_NOW_BYTES) this.flushNow();
+        else if (!this.flushScheduled) {
+          this.flushScheduled = true;
+          setImmediate(this.flushNow);
         }
       };
       const onEnd = () => {
@@ -347,7 +367,7 @@ export class ChatStream implements DeltaSink {
   content(text: string): void {
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
-    if (this.s.upstreamResumeMax > 0) this.answer += text;
+    if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
     if (!this.forwardChunks) {
       this.listener.content(text);
       this.dirty = true;
@@ -410,7 +430,8 @@ export class ChatStream implements DeltaSink {
 
   private canResume(f: Failure): boolean {
     // Only an answer can be continued; a break during reasoning has nothing to prefix.
-    if (this.answer.length === 0 || this.stats.resumes >= this.s.upstreamResumeMax) return false;
+    if (this.answerParts.length === 0 || this.stats.resumes >= this.s.upstreamResumeMax)
+      return false;
     return isRetryable(f);
   }
 
