@@ -23,7 +23,8 @@ async function main(): Promise<void> {
     rateLimitMax: 0,
     maxStreamsPerClient: 0,
     maxConcurrentStreams: 5000,
-    // The default pool (256) would queue streams 257+ behind whole streams; see BENCHMARKS.md.
+    // A pool smaller than the streams open at once queues the rest behind whole streams (the
+    // default was 256 until 03:52 on 2026-11-25); see docs/BENCHMARKS.md, finding 5.
     upstreamMaxSockets: 5000,
     heartbeatMs: 3_600_000,
     ...overrides,
