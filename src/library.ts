@@ -106,7 +106,7 @@ export async function* streamChat(options: StreamChatOptions): AsyncGenerator<Ch
     engineSettings(config),
     buildUpstreamBody(params),
     listener,
-    options.prefix,
+    { prefix: options.prefix },
   );
   const onAbort = () => {
     stream.abort();

@@ -78,10 +78,14 @@ export class ChatService {
     listener: StreamListener,
     meta: StreamMeta,
     bind: (s: ChatStream) => void,
-    /** Continue an answer that starts with this text (a stream taken over from a worker). */
-    prefix?: string,
+    opts?: {
+      /** Continue an answer that starts with this text (a stream taken over from a worker). */
+      prefix?: string;
+      /** `body` already serialised; sent as is. */
+      json?: string;
+    },
   ) {
-    const stream = new ChatStream(this.client, this.settings, body, listener, prefix);
+    const stream = new ChatStream(this.client, this.settings, body, listener, opts);
     this.active.add(stream);
     this.metrics?.activeStreams.inc();
     if (meta.handoff) this.handoffs.set(stream, meta.handoff);

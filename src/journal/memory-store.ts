@@ -12,9 +12,23 @@ import {
   type Subscription,
 } from './types';
 
+// A stream's events are kept as parallel arrays (text, kind) rather than an object per event:
+// a token then costs its string plus two array slots (about 40 B with a short token, measured),
+// not a 48 B object on top. Sequence numbers are contiguous, so seq = firstSeq + index.
+const KINDS: ReadonlyArray<JournalEvent['kind']> = ['content', 'reasoning', 'done', 'error'];
+const KIND_INDEX: Readonly<Record<JournalEvent['kind'], number>> = {
+  content: 0,
+  reasoning: 1,
+  done: 2,
+  error: 3,
+};
+
 interface Entry {
   meta: StreamMeta;
-  events: JournalEvent[];
+  /** seq of data[0]; 0 until the first append. */
+  firstSeq: number;
+  data: string[];
+  kinds: number[];
   bytes: number;
   expiresAt: number;
   subscribers: Set<Sub>;
@@ -51,7 +65,9 @@ export class MemoryJournalStore implements JournalStore {
     if (existing) return { created: false as const, meta: { ...existing.meta } };
     this.streams.set(id, {
       meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false, request },
-      events: [],
+      firstSeq: 0,
+      data: [],
+      kinds: [],
       bytes: 0,
       expiresAt: Date.now() + this.limits.ttlMs,
       subscribers: new Set(),
@@ -72,7 +88,19 @@ export class MemoryJournalStore implements JournalStore {
       e.meta.overflow = true;
       return false;
     }
-    for (const ev of events) e.events.push(ev);
+    const first = events[0];
+    if (first === undefined) return true;
+    if (e.data.length === 0) e.firstSeq = first.seq;
+    if (first.seq !== e.firstSeq + e.data.length) {
+      // A gap would make a resume skip or repeat: refuse, as for a stream over budget.
+      e.meta.overflow = true;
+      return false;
+    }
+    // A batch is numbered consecutively (the recorder numbers every event it appends).
+    for (const ev of events) {
+      e.data.push(ev.data);
+      e.kinds.push(KIND_INDEX[ev.kind]);
+    }
     e.bytes += bytes;
     this.totalBytes += bytes;
     e.meta.lastSeq = events[events.length - 1]?.seq ?? e.meta.lastSeq;
@@ -90,7 +118,8 @@ export class MemoryJournalStore implements JournalStore {
   }
 
   async read(id: string, afterSeq: number): Promise<JournalEvent[]> {
-    return (this.live(id)?.events ?? []).filter((ev) => ev.seq > afterSeq);
+    const e = this.live(id);
+    return e ? eventsAfter(e, afterSeq) : [];
   }
 
   handoff(id: string): void {
@@ -119,12 +148,10 @@ export class MemoryJournalStore implements JournalStore {
       return { close() {} };
     }
     // Replay what is stored, then stay subscribed for what comes next.
-    for (const ev of e.events) {
-      if (ev.seq > sub.afterSeq) {
-        sub.afterSeq = ev.seq;
-        handlers.event(ev);
-        if (sub.closed) return { close() {} };
-      }
+    for (const ev of eventsAfter(e, sub.afterSeq)) {
+      sub.afterSeq = ev.seq;
+      handlers.event(ev);
+      if (sub.closed) return { close() {} };
     }
     if (e.meta.state !== 'live') {
       handlers.end();
@@ -204,6 +231,15 @@ export class MemoryJournalStore implements JournalStore {
         this.drop(id, e);
     }
   }
+}
+
+/** Stored events after `afterSeq`, as objects again (replay: off the per-token path). */
+function eventsAfter(e: Entry, afterSeq: number): JournalEvent[] {
+  const out: JournalEvent[] = [];
+  for (let i = Math.max(0, afterSeq - e.firstSeq + 1); i < e.data.length; i++) {
+    out.push({ seq: e.firstSeq + i, kind: KINDS[e.kinds[i]!]!, data: e.data[i]! });
+  }
+  return out;
 }
 
 export function eventBytes(ev: JournalEvent): number {

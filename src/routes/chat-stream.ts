@@ -2,7 +2,7 @@
 // idempotent replay, an SSE resume (Last-Event-ID) and a text resume (Range / X-Resume-At);
 // validate; hand new streams to the service; wire the response's drain and close.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
@@ -50,7 +50,8 @@ export function chatStreamRouter(
     const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
     const body = buildUpstreamBody(parsed.params);
     const request = JSON.stringify(body);
-    const fingerprint = createHash('sha256').update(request).digest('base64url');
+    // One-shot hash: no Hash object per request (createHash was 2-3% of a short stream's CPU).
+    const fingerprint = hash('sha256', request, 'base64url');
 
     // 3. Idempotency: a known X-Request-ID replays that stream instead of paying for another.
     if (clientChoseId) {
@@ -77,7 +78,7 @@ export function chatStreamRouter(
       }
       return replay(res, requestId, 0, parsed, 0, 200);
     }
-    return startStream(res, requestId, parsed, body);
+    return startStream(res, requestId, parsed, body, request);
   };
 
   async function startStream(
@@ -85,6 +86,7 @@ export function chatStreamRouter(
     requestId: string,
     parsed: ChatStreamRequest,
     body: ReturnType<typeof buildUpstreamBody>,
+    json: string,
   ) {
     const sink = new ResponseSink(res, framesFor(parsed, requestId), {
       requestId,
@@ -131,6 +133,7 @@ export function chatStreamRouter(
         // It may have left already, while the journal claim was awaited.
         if (res.socket === null || res.socket.destroyed) left();
       },
+      { json },
     );
     recorder.abandoned();
   }
@@ -255,7 +258,7 @@ export function chatStreamRouter(
         (s) => {
           stream = s;
         },
-        prefix,
+        { prefix },
       )
       .then(() => recorder.abandoned());
     // Nobody is attached directly: resumed clients follow the journal, and count as followers.

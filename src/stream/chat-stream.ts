@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { isAxiosError } from 'axios';
 import { ProxyError, type ErrorCode } from '../errors';
 import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../upstream/deepseek';
-import type { UpstreamClient, UpstreamResponse } from '../upstream/client';
+import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../upstream/client';
 import { prefixContinuationBody, type UpstreamBody } from '../upstream/request';
 import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
 import { createSseDecoder } from './decoder';
@@ -77,6 +77,8 @@ export class ChatStream implements DeltaSink {
   private readonly client: UpstreamClient;
   private readonly s: EngineSettings;
   private readonly body: UpstreamBody;
+  /** `body` as JSON, when the caller already serialised it (sent as is: no second stringify). */
+  private readonly json: string | undefined;
   private readonly listener: StreamListener;
   private readonly forwardChunks: boolean;
   private opened = false;
@@ -87,7 +89,7 @@ export class ChatStream implements DeltaSink {
   private sentToken = false;
   private finishReason: string | undefined;
   private usageSeen: Usage | undefined;
-  private controller: AbortController | undefined;
+  private controller: UpstreamAbort | undefined;
   private upstreamBody: Readable | undefined;
   private settle: ((r: AttemptResult) => void) | undefined;
   private wake: (() => void) | undefined;
@@ -110,10 +112,15 @@ export class ChatStream implements DeltaSink {
     settings: EngineSettings,
     body: UpstreamBody,
     listener: StreamListener,
-    /** Continue this answer (chat prefix completion) instead of starting a new one. */
-    prefix = '',
+    opts: {
+      /** Continue this answer (chat prefix completion) instead of starting a new one. */
+      prefix?: string;
+      /** `body` already serialised. */
+      json?: string;
+    } = {},
   ) {
-    if (prefix) this.answerParts.push(prefix);
+    if (opts.prefix) this.answerParts.push(opts.prefix);
+    this.json = opts.json;
     this.client = client;
     this.s = settings;
     this.body = body;
@@ -238,18 +245,18 @@ export class ChatStream implements DeltaSink {
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
     const body = resuming
       ? prefixContinuationBody(this.body, this.answerParts.join(''))
-      : this.body;
-    const controller = new AbortController();
+      : (this.json ?? this.body);
+    const controller = new UpstreamAbort();
     this.controller = controller;
     this.stats.upstreamRequests++;
     const headersTimer = setTimeout(() => controller.abort(ABORT_HEADERS), this.s.headersTimeoutMs);
     headersTimer.unref();
     let res: UpstreamResponse;
     try {
-      res = await this.client.post(path, body, controller.signal);
+      res = await this.client.post(path, body, controller);
     } catch (err) {
       clearTimeout(headersTimer);
-      return this.requestFailure(err, controller.signal);
+      return this.requestFailure(err, controller);
     }
     clearTimeout(headersTimer);
     if (this.stopped) {
@@ -269,7 +276,7 @@ export class ChatStream implements DeltaSink {
     return this.consume(res.body, controller);
   }
 
-  private consume(body: Readable, controller: AbortController): Promise<AttemptResult> {
+  private consume(body: Readable, controller: UpstreamAbort): Promise<AttemptResult> {
     return new Promise<AttemptResult>((resolve) => {
       const decoder = createSseDecoder(
         {
@@ -501,8 +508,8 @@ export class ChatStream implements DeltaSink {
     };
   }
 
-  private requestFailure(err: unknown, signal: AbortSignal): AttemptResult {
-    if (signal.aborted && signal.reason === ABORT_HEADERS) {
+  private requestFailure(err: unknown, call: UpstreamAbort): AttemptResult {
+    if (call.reason === ABORT_HEADERS) {
       return {
         ok: false,
         failure: { kind: 'headers_timeout' },

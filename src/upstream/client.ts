@@ -1,12 +1,11 @@
 // upstream/client.ts: the one axios instance that talks to DeepSeek: keep-alive agents with a
 // bounded pool, the bearer key (set here and nowhere else), a connect time limit, and one abort
-// signal per request. Resolves when response headers arrive; the body stays a stream.
+// handle per request. Resolves when response headers arrive; the body stays a stream.
 
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
 import axios, {
-  AxiosHeaders,
   type AxiosInstance,
   type AxiosResponse,
   type InternalAxiosRequestConfig,
@@ -26,10 +25,41 @@ export interface UpstreamResponse {
 }
 
 export interface UpstreamClient {
-  /** POST a JSON body; resolves with the status and the unread body stream. */
-  post(path: string, body: unknown, signal: AbortSignal): Promise<UpstreamResponse>;
+  /**
+   * POST a JSON body (an object, or the same already serialised: it is sent as is); resolves
+   * with the status and the unread body stream. `abort` cancels it, before or after the headers.
+   */
+  post(path: string, body: unknown, abort: UpstreamAbort): Promise<UpstreamResponse>;
   /** Close pooled sockets. */
   close(): void;
+}
+
+/**
+ * Cancels one upstream request. An AbortController costs an EventTarget and a listener per
+ * request inside http.request (about 4% of the CPU of a short stream in the profile); this is a
+ * field and a callback. Abort it with a reason; the request fails with `UpstreamAbortedError`.
+ */
+export class UpstreamAbort {
+  reason: unknown = undefined;
+  aborted = false;
+  /** Set by the client while the request is in flight. */
+  onAbort: (() => void) | undefined = undefined;
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    const f = this.onAbort;
+    this.onAbort = undefined;
+    f?.();
+  }
+}
+
+export class UpstreamAbortedError extends Error {
+  readonly code = 'UPSTREAM_ABORTED';
+  constructor() {
+    super('the upstream request was aborted');
+  }
 }
 
 /** Thrown (as the abort reason) when the TCP/TLS connect takes too long. */
@@ -45,21 +75,35 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
   const httpAgent = new http.Agent(agentOptions);
   const httpsAgent = new https.Agent(agentOptions);
 
+  // Where every request goes: parsed once, not per request.
+  const base = new URL(opts.baseUrl);
+  const https_ = base.protocol === 'https:';
+  const transport = https_ ? https : http;
+  const agent = https_ ? httpsAgent : httpAgent;
+  const basePath = base.pathname.replace(/\/$/, '');
+
   // Our own axios adapter: a plain http(s).request that resolves at the response headers with
   // the body as the raw IncomingMessage. Axios's Node adapter does far more per request (proxy
   // and redirect handling, progress and decompression streams); the profile showed it as the
-  // largest share of per-request CPU (docs/BENCHMARKS.md). Axios still owns the config, the key
-  // header and body serialisation. It also arms the connect time limit on fresh sockets.
+  // largest share of per-request CPU (docs/BENCHMARKS.md). Axios still owns the config and the
+  // key header. It also arms the connect time limit on fresh sockets.
   const adapter = (config: InternalAxiosRequestConfig): Promise<AxiosResponse> =>
     new Promise((resolve, reject) => {
-      const url = new URL((config.baseURL ?? '') + (config.url ?? ''));
-      const https_ = url.protocol === 'https:';
-      const req = (https_ ? https : http).request(url, {
+      const abort = (config as { upstreamAbort?: UpstreamAbort }).upstreamAbort;
+      if (abort?.aborted) {
+        reject(new UpstreamAbortedError());
+        return;
+      }
+      const req = transport.request({
+        protocol: base.protocol,
+        hostname: base.hostname,
+        port: base.port,
+        path: basePath + (config.url ?? ''),
         method: (config.method ?? 'post').toUpperCase(),
-        headers: AxiosHeaders.from(config.headers).toJSON() as http.OutgoingHttpHeaders,
-        agent: https_ ? httpsAgent : httpAgent,
-        signal: config.signal as AbortSignal | undefined,
+        headers: config.headers.toJSON() as http.OutgoingHttpHeaders,
+        agent,
       });
+      if (abort) abort.onAbort = () => req.destroy(new UpstreamAbortedError());
       req.once('socket', (socket) => {
         if (!socket.connecting) return;
         const timer = setTimeout(
@@ -90,6 +134,10 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
     adapter,
     responseType: 'stream',
     validateStatus: () => true,
+    // Bodies arrive serialised (the route serialised them once, for the journal) and responses
+    // stay streams: axios's default transforms would only re-check both.
+    transformRequest: [],
+    transformResponse: [],
     headers: {
       Authorization: `Bearer ${opts.apiKey}`,
       'Content-Type': 'application/json',
@@ -99,8 +147,9 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
   });
 
   return {
-    async post(path, body, signal) {
-      const res = await instance.post(path, body, { signal });
+    async post(path, body, abort) {
+      const data = typeof body === 'string' ? body : JSON.stringify(body);
+      const res = await instance.post(path, data, { upstreamAbort: abort } as object);
       return {
         status: res.status,
         headers: res.headers as Record<string, unknown>,

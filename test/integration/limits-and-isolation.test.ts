@@ -67,10 +67,13 @@ describe('an unexpected exception in one stream', () => {
       connectTimeoutMs: 1000,
     });
     const client: UpstreamClient = {
-      post(path, body, signal) {
-        const content = (body as { messages: Array<{ content: string }> }).messages[0]!.content;
-        if (content === 'explode') throw new TypeError('a bug in the client');
-        return real.post(path, body, signal);
+      post(path, body, abort) {
+        // Routes hand the body over already serialised (a string) or as an object.
+        const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as {
+          messages: Array<{ content: string }>;
+        };
+        if (parsed.messages[0]!.content === 'explode') throw new TypeError('a bug in the client');
+        return real.post(path, body, abort);
       },
       close: () => real.close(),
     };
