@@ -2,7 +2,8 @@
 // read from /proc. createApp() as server.ts builds it, pointed at the simulator, with the limits
 // that would refuse a load test lifted (rate limit, per-client cap, total cap, upstream pool) and
 // heartbeats out of the way. BENCH_UPSTREAM is the simulator's URL; BENCH_PROXY_CONFIG (JSON)
-// overrides any Config field (`npm run bench -- --set upstreamMaxSockets=256`).
+// overrides any Config field (`npm run bench -- --set upstreamMaxSockets=256`); the second proxy,
+// for the `sse-redis` target, is this same child given a redisUrl there.
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';

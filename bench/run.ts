@@ -1,7 +1,8 @@
 // bench/run.ts: `npm run bench`. Starts the simulator (fast mode), the proxy and a bare Node pipe
 // (the baseline) each in its own process on loopback, drives them with the load generator in this
 // process, reads the servers' CPU time and memory from /proc, and reports the proxy as ratios to
-// the baseline (docs/BENCHMARKS.md). See `npm run bench -- --help`.
+// the baseline (docs/BENCHMARKS.md). For the `sse-redis` target it also starts a redis-server and
+// a second proxy journaling to it. See `npm run bench -- --help`.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +22,7 @@ import {
   syscalls,
 } from './proc';
 import { analyse, printProfile, readProfile, type Window, type WindowProfile } from './profile';
+import { hasRedisServer, startRedisServer, type RedisServer } from './redis';
 import { writeReport, type RunInfo } from './report';
 import {
   makeJobs,
@@ -49,8 +51,10 @@ const HELP = `npm run bench -- [options]
   --quick              small counts: a smoke run in well under a minute
   --scenario NAME      only this scenario (repeatable; comma lists work): latency, throughput,
                        slow, framing
-  --target KEY         only these targets besides the baseline: sse, text, v1, and the
-                       experiment sse-post (POST /chat-stream; not run by default)
+  --target KEY         only these targets besides the baseline: sse, sse-redis (sse from a proxy
+                       journaling to a redis-server the bench starts; skipped with a note when
+                       redis-server is not installed), text, v1, and the experiment sse-post
+                       (POST /chat-stream; not run by default)
   --rounds N           measure every target N times, alternating the order (default 2; 1 with
                        --quick)
   --profile            afterwards, run the proxy again under --cpu-prof (into bench/profiles/) for
@@ -160,28 +164,50 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Stack {
   sim: Child;
-  proxy: Child;
+  proxy: Child | undefined;
+  /** The same proxy with Config.redisUrl pointing at `redis`, for `proxy-redis` targets. */
+  proxyRedis: Child | undefined;
+  redis: RedisServer | undefined;
   baseline: Child | undefined;
 }
 
+type Server = Target['server'];
+
 let build: Build | undefined;
 
-async function startStack(opts: Options, withBaseline: boolean, nodeArgs: string[] = []) {
+/** The simulator and the given servers; nodeArgs go to the proxies (only one, to profile). */
+async function startStack(
+  opts: Options,
+  servers: ReadonlySet<Server>,
+  nodeArgs: string[] = [],
+): Promise<Stack> {
   const b = build!;
-  const sim = await startChild('sim', b.child('sim-child.ts'), { env: b.env, echo: opts.echo });
-  const env = { ...b.env, BENCH_UPSTREAM: sim.url, BENCH_PROXY_CONFIG: JSON.stringify(opts.set) };
-  const [proxy, baseline] = await Promise.all([
-    startChild('proxy', b.child('proxy-child.ts'), { env, nodeArgs, echo: opts.echo }),
-    withBaseline
-      ? startChild('baseline', b.child('baseline-child.ts'), { env, echo: opts.echo })
-      : Promise.resolve(undefined),
+  const [sim, redis] = await Promise.all([
+    startChild('sim', b.child('sim-child.ts'), { env: b.env, echo: opts.echo }),
+    servers.has('proxy-redis') ? startRedisServer() : Promise.resolve(undefined),
   ]);
-  return { sim, proxy, baseline } satisfies Stack;
+  const env = { ...b.env, BENCH_UPSTREAM: sim.url, BENCH_PROXY_CONFIG: JSON.stringify(opts.set) };
+  const start = (server: Server, name: string, script: string, e = env, args: string[] = []) =>
+    servers.has(server)
+      ? startChild(name, b.child(script), { env: e, nodeArgs: args, echo: opts.echo })
+      : Promise.resolve(undefined);
+  const [proxy, proxyRedis, baseline] = await Promise.all([
+    start('proxy', 'proxy', 'proxy-child.ts', env, nodeArgs),
+    start(
+      'proxy-redis',
+      'proxy-redis',
+      'proxy-child.ts',
+      { ...env, BENCH_PROXY_CONFIG: JSON.stringify({ ...opts.set, redisUrl: redis?.url }) },
+      nodeArgs,
+    ),
+    start('baseline', 'baseline', 'baseline-child.ts'),
+  ]);
+  return { sim, proxy, proxyRedis, redis, baseline };
 }
 
 async function stopStack(s: Stack): Promise<void> {
-  await Promise.all([s.proxy.stop(), s.baseline?.stop()]);
-  await s.sim.stop();
+  await Promise.all([s.proxy?.stop(), s.proxyRedis?.stop(), s.baseline?.stop()]);
+  await Promise.all([s.sim.stop(), s.redis?.stop()]);
 }
 
 /** True when the route exists (anything but 404/405 to a real request). */
@@ -220,6 +246,9 @@ async function measureOnce(
   const w = v.warmup;
   await load(makeJobs(target, `${tag} warmup`, w.streams, w.tokens, w.directives), w.concurrency);
   const jobs = makeJobs(target, tag, v.streams, v.tokens, v.directives);
+  // Every measured run starts from an empty Redis: the journals of the warm-up and of earlier
+  // runs would otherwise pile up (and expire, costing Redis CPU) across rounds and variants.
+  if (target.server === 'proxy-redis') await stack.redis!.flush();
 
   await server.gc();
   await sleep(200);
@@ -232,8 +261,12 @@ async function measureOnce(
   };
   const sampler = setInterval(sample, 50);
   const drops0 = listenDrops();
-  const others = [stack.sim, stack.proxy, stack.baseline].filter((c): c is Child => !!c);
+  const others = [stack.sim, stack.proxy, stack.proxyRedis, stack.baseline].filter(
+    (c): c is Child => !!c,
+  );
+  const redisPid = stack.redis?.pid;
   const cpu0 = others.map((c) => cpuMicros(c.pid));
+  const redis0 = redisPid === undefined ? 0 : cpuMicros(redisPid);
   const io0 = syscalls(server.pid);
   const busy0 = machineBusyMicros();
 
@@ -244,18 +277,21 @@ async function measureOnce(
 
   const busy1 = machineBusyMicros();
   const cpu1 = others.map((c) => cpuMicros(c.pid));
+  const redisUs = redisPid === undefined ? 0 : cpuMicros(redisPid) - redis0;
   const io1 = syscalls(server.pid);
   clearInterval(sampler);
   sample();
   const peak = Math.max(sampled, canReset ? memory(server.pid).hwm : 0);
   const delta = (c: Child) => cpu1[others.indexOf(c)]! - cpu0[others.indexOf(c)]!;
-  const ours = others.reduce((s, c) => s + delta(c), 0) + result.generatorCpuMicros;
+  // Redis is ours too: its CPU is not "other load" on the machine.
+  const ours = others.reduce((s, c) => s + delta(c), 0) + result.generatorCpuMicros + redisUs;
 
   addResults(m, result.results);
   m.rounds++;
   m.wallMs += result.wallMs;
   m.cpuUs += delta(server);
   m.simCpuUs += delta(stack.sim);
+  if (target.server === 'proxy-redis') m.redisCpuUs = (m.redisCpuUs ?? 0) + redisUs;
   m.readCalls += io1.reads - io0.reads;
   m.writeCalls += io1.writes - io0.writes;
   m.generatorCpuUs += result.generatorCpuMicros;
@@ -305,7 +341,11 @@ async function measureOnce(
 }
 
 function serverFor(stack: Stack, t: Target): Child {
-  return t.server === 'baseline' ? stack.baseline! : stack.proxy;
+  const c = { proxy: stack.proxy, 'proxy-redis': stack.proxyRedis, baseline: stack.baseline }[
+    t.server
+  ];
+  if (!c) throw new Error(`${t.key}: its server (${t.server}) was not started`);
+  return c;
 }
 
 function printMeasurement(m: Measurement, base: Measurement | undefined): void {
@@ -322,6 +362,10 @@ function printMeasurement(m: Measurement, base: Measurement | undefined): void {
       ` | ${fmt.int(d.tokensPerSec)} tok/s` +
       ` | syscalls/stream r ${(m.readCalls / m.streams).toFixed(1)} w ${(m.writeCalls / m.streams).toFixed(1)}` +
       ` | cpu ${fmt.us(d.cpuUsPerToken)}${r(d.cpuUsPerToken, b?.cpuUsPerToken)} µs/tok` +
+      // Said next to the proxy's figure, so the journal's cost in Redis is not mistaken as absent.
+      (m.redisCpuUs !== undefined
+        ? ` (+ redis-server ${fmt.us(m.redisCpuUs / Math.max(1, m.tokens))} µs/tok, not in the ratio)`
+        : '') +
       (d.peakOpen >= MEM_MIN_OPEN
         ? ` | peak mem ${fmt.kib(d.peakMemPerStream)}${r(d.peakMemPerStream, b?.peakMemPerStream)}/stream` +
           ` (open ${d.peakOpen})`
@@ -353,7 +397,7 @@ async function runScenario(
     );
   }
   log(`\n== ${sc.title}: ${sc.what}`);
-  const stack = await startStack(opts, true);
+  const stack = await startStack(opts, new Set(['baseline', ...targets.map((t) => t.server)]));
   const out: Measurement[] = [];
   try {
     const live: Target[] = [];
@@ -388,17 +432,21 @@ async function runScenario(
   return out;
 }
 
-/** The --profile pass: the proxy alone under --cpu-prof, one window per target. */
+/**
+ * The --profile pass: one proxy (the plain one, or the one journaling to Redis) alone under
+ * --cpu-prof, one window per target it serves.
+ */
 async function profileScenario(
   sc: Scenario,
   targets: Target[],
   opts: Options,
+  server: 'proxy' | 'proxy-redis',
 ): Promise<{ file: string; windows: WindowProfile[] }> {
   fs.mkdirSync(PROFILE_DIR, { recursive: true });
-  const name = `proxy-${sc.key}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`;
+  const name = `${server}-${sc.key}-${new Date().toISOString().replace(/[:.]/g, '-')}.cpuprofile`;
   const file = path.join(PROFILE_DIR, name);
-  log(`\n== profile: ${sc.title} (proxy under --cpu-prof -> ${path.relative(ROOT, file)})`);
-  const stack = await startStack(opts, false, [
+  log(`\n== profile: ${sc.title} (${server} under --cpu-prof -> ${path.relative(ROOT, file)})`);
+  const stack = await startStack(opts, new Set([server]), [
     '--cpu-prof',
     '--cpu-prof-interval=200',
     `--cpu-prof-dir=${PROFILE_DIR}`,
@@ -406,29 +454,31 @@ async function profileScenario(
   ]);
   const windows: Window[] = [];
   try {
-    for (const t of targets.filter((x) => x.server === 'proxy')) {
-      if (t.probe && !(await probe(t, stack.proxy))) continue;
+    for (const t of targets.filter((x) => x.server === server)) {
+      const proxy = serverFor(stack, t);
+      if (t.probe && !(await probe(t, proxy))) continue;
       for (const v of sc.variants) {
         const m = emptyMeasurement(sc.key, v.key, v.label, t.key);
         const w = v.warmup;
         await runLoad({
           host: '127.0.0.1',
-          port: stack.proxy.port,
+          port: proxy.port,
           wire: t.wire,
           jobs: makeJobs(t, `profile warmup ${v.key}`, w.streams, w.tokens, w.directives),
           concurrency: w.concurrency,
           timeoutMs: v.timeoutMs,
         });
-        const from = await stack.proxy.now();
+        await stack.redis?.flush();
+        const from = await proxy.now();
         const r = await runLoad({
           host: '127.0.0.1',
-          port: stack.proxy.port,
+          port: proxy.port,
           wire: t.wire,
           jobs: makeJobs(t, `profile ${v.key}`, v.streams, v.tokens, v.directives),
           concurrency: v.concurrency,
           timeoutMs: v.timeoutMs,
         });
-        const to = await stack.proxy.now();
+        const to = await proxy.now();
         addResults(m, r.results);
         const label = `${sc.key}, ${t.label}${sc.variants.length > 1 ? `, ${v.label}` : ''}`;
         windows.push({ label, from, to, tokens: m.tokens, streams: m.streams });
@@ -470,10 +520,11 @@ async function main(): Promise<void> {
     }
   }
   const chosen = opts.scenarios.length ? all.filter((s) => opts.scenarios.includes(s.key)) : all;
-  const targets = TARGETS.filter((t) => {
+  let targets = TARGETS.filter((t) => {
     if (t.key === 'baseline') return true;
     return opts.targets.length ? opts.targets.includes(t.key) : !t.optional;
   });
+  const notes: string[] = [];
   const full = !opts.quick && !opts.scenarios.length && !opts.targets.length;
   const command = ['npm run bench', ...(process.argv.length > 2 ? ['--'] : [])]
     .concat(process.argv.slice(2))
@@ -485,6 +536,18 @@ async function main(): Promise<void> {
     `deepseek-stream-proxy bench: ${m.nproc} cpu (${m.cpuModel}), ${m.ramGiB} GiB, node ${m.node},` +
       ` ulimit -n ${m.openFiles}, load ${load0.toFixed(2)}${opts.quick ? ', QUICK' : ''}`,
   );
+  // Missing redis-server skips its targets, loudly, but is no reason to fail the run.
+  const needRedis = targets.filter((t) => t.server === 'proxy-redis');
+  const noRedis =
+    needRedis.length && !hasRedisServer()
+      ? `!!! SKIPPED ${needRedis.map((t) => t.key).join(', ')}: redis-server is not installed ` +
+        '(apt-get install redis-server), so CPU per token with the Redis journal is NOT measured'
+      : undefined;
+  if (noRedis) {
+    log(noRedis);
+    notes.push(noRedis.replace(/^!!! /, ''));
+    targets = targets.filter((t) => t.server !== 'proxy-redis');
+  }
   const t0 = performance.now();
   build = buildChildren();
   process.on('exit', () => build?.remove());
@@ -493,7 +556,6 @@ async function main(): Promise<void> {
       `${build.source.newestAt}) and the bench children in ` +
       `${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
-  const notes: string[] = [];
   const measurements: Measurement[] = [];
   for (const sc of chosen) measurements.push(...(await runScenario(sc, targets, opts, notes)));
   const measuredMs = performance.now() - t0;
@@ -505,7 +567,13 @@ async function main(): Promise<void> {
       ? chosen
       : chosen.filter((s) => s.key === 'latency' || s.key === 'throughput');
     const parts = [];
-    for (const sc of which) parts.push(await profileScenario(sc, targets, opts));
+    for (const sc of which) {
+      for (const server of ['proxy', 'proxy-redis'] as const) {
+        if (targets.some((t) => t.server === server)) {
+          parts.push(await profileScenario(sc, targets, opts, server));
+        }
+      }
+    }
     profile = {
       files: parts.map((p) => p.file),
       windows: parts.flatMap((p) => p.windows),
@@ -532,6 +600,8 @@ async function main(): Promise<void> {
     source: build.source,
   };
   log(`\ndone in ${(info.durationMs / 1000).toFixed(0)} s`);
+  // Again at the end: the first one scrolled away minutes ago.
+  if (noRedis) log(noRedis);
   if (opts.json) fs.writeFileSync(opts.json, JSON.stringify(info, null, 2));
   if (opts.doc ?? full) {
     writeReport(DOC, info);

@@ -11,8 +11,11 @@ export interface Target {
   /** Short key for --target and tables. */
   key: string;
   label: string;
-  /** Which child serves it. */
-  server: 'proxy' | 'baseline';
+  /**
+   * Which child serves it: `proxy-redis` is a second proxy child with its resume journal in a
+   * redis-server the bench starts (skipped, with a note, when redis-server is not installed).
+   */
+  server: 'proxy' | 'proxy-redis' | 'baseline';
   wire: Wire;
   request(prompt: string): RequestSpec;
   /** Ask once before measuring; skip the target with a note when the route answers 404. */
@@ -26,6 +29,12 @@ const GET = (path: string, accept: string): RequestSpec => ({
   path,
   headers: { Accept: accept },
 });
+
+const sseRequest = (prompt: string): RequestSpec =>
+  GET(
+    `/chat-stream?format=sse&thinking=false&prompt=${encodeURIComponent(prompt)}`,
+    'text/event-stream',
+  );
 
 export const TARGETS: Target[] = [
   {
@@ -52,11 +61,17 @@ export const TARGETS: Target[] = [
     label: '/chat-stream SSE',
     server: 'proxy',
     wire: 'proxy-sse',
-    request: (prompt) =>
-      GET(
-        `/chat-stream?format=sse&thinking=false&prompt=${encodeURIComponent(prompt)}`,
-        'text/event-stream',
-      ),
+    request: sseRequest,
+  },
+  {
+    // The same stream as `sse`, from a proxy that journals every stream to Redis (REDIS_URL set,
+    // as a multi-worker deployment runs it): sse-redis minus sse = what the shared journal costs
+    // the proxy. Redis's own CPU is measured apart (the report's "CPU elsewhere").
+    key: 'sse-redis',
+    label: '/chat-stream SSE, Redis journal',
+    server: 'proxy-redis',
+    wire: 'proxy-sse',
+    request: sseRequest,
   },
   {
     key: 'text',

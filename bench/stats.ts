@@ -25,6 +25,11 @@ export interface Measurement {
   /** The serving child's CPU time (utime + stime) during the measured run, µs. */
   cpuUs: number;
   simCpuUs: number;
+  /**
+   * The redis-server's CPU time during the measured runs, µs: only for a target served with the
+   * journal in Redis (undefined otherwise). Not in cpuUs: the ratios are the proxy's own.
+   */
+  redisCpuUs?: number;
   /** read() and write()/writev() system calls of the serving child during the measured runs. */
   readCalls: number;
   writeCalls: number;
