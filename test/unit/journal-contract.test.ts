@@ -78,6 +78,25 @@ function contract(
       expect(c.got[0]!.data).toBe(text);
     });
 
+    it('returns exactly the events after any seq, whatever the batches were', async () => {
+      // Batches of 1, 3 and 2 events (one upstream read each), multi-byte and empty texts.
+      const texts = ['a', '流式', '', '🚀 x', 'é', '{"finish_reason":"stop"}'];
+      const all = texts.map((t, i) => ev(i + 1, t, i === texts.length - 1 ? 'done' : 'content'));
+      await store.create('b1', 'fp');
+      store.append('b1', all.slice(0, 1), 100);
+      store.append('b1', all.slice(1, 4), 100);
+      store.append('b1', all.slice(4), 100);
+      store.finish('b1', 'done');
+      await new Promise((r) => setTimeout(r, 50));
+      for (let after = 0; after <= all.length; after++) {
+        expect(await store.read('b1', after)).toEqual(all.slice(after));
+        const c = collect(store, 'b1', after);
+        await until(() => c.ended());
+        expect(c.got).toEqual(all.slice(after));
+      }
+      expect((await store.meta('b1'))?.lastSeq).toBe(all.length);
+    });
+
     it('marks a stream over its byte budget as overflow and refuses more', async () => {
       await store.create('o1', 'fp');
       expect(store.append('o1', [ev(1)], 6000)).toBe(true);
