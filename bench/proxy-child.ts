@@ -25,7 +25,7 @@ async function main(): Promise<void> {
     maxStreamsPerClient: 0,
     maxConcurrentStreams: 5000,
     // A pool smaller than the streams open at once queues the rest behind whole streams (the
-    // default was 256 until 03:52 on 2026-11-25); see docs/BENCHMARKS.md, finding 5.
+    // default was 256 until 03:52 on 2026-11-25); see docs/BENCHMARKS.md, "What is measured".
     upstreamMaxSockets: 5000,
     heartbeatMs: 3_600_000,
     ...overrides,
