@@ -9,6 +9,7 @@
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { freePort } from '../test/helpers/free-port';
 
 export interface RedisServer {
   pid: number;
@@ -46,17 +47,6 @@ function hookExit(): void {
   ] as const) {
     process.once(signal, () => process.exit(code));
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 /** One command as a RESP array of bulk strings; resolves with the first reply line. */

@@ -4,6 +4,8 @@
 
 import {
   EVENT_OVERHEAD_BYTES,
+  KIND_LETTER,
+  LETTER_KIND,
   type JournalEvent,
   type JournalLimits,
   type JournalStore,
@@ -15,20 +17,13 @@ import {
 // A stream's events are kept as parallel arrays (text, kind) rather than an object per event:
 // a token then costs its string plus two array slots (about 40 B with a short token, measured),
 // not a 48 B object on top. Sequence numbers are contiguous, so seq = firstSeq + index.
-const KINDS: ReadonlyArray<JournalEvent['kind']> = ['content', 'reasoning', 'done', 'error'];
-const KIND_INDEX: Readonly<Record<JournalEvent['kind'], number>> = {
-  content: 0,
-  reasoning: 1,
-  done: 2,
-  error: 3,
-};
-
 interface Entry {
   meta: StreamMeta;
   /** seq of data[0]; 0 until the first append. */
   firstSeq: number;
   data: string[];
-  kinds: number[];
+  /** KIND_LETTER of each event. */
+  kinds: string[];
   bytes: number;
   expiresAt: number;
   subscribers: Set<Sub>;
@@ -99,7 +94,7 @@ export class MemoryJournalStore implements JournalStore {
     // A batch is numbered consecutively (the recorder numbers every event it appends).
     for (const ev of events) {
       e.data.push(ev.data);
-      e.kinds.push(KIND_INDEX[ev.kind]);
+      e.kinds.push(KIND_LETTER[ev.kind]);
     }
     e.bytes += bytes;
     this.totalBytes += bytes;
@@ -237,7 +232,7 @@ export class MemoryJournalStore implements JournalStore {
 function eventsAfter(e: Entry, afterSeq: number): JournalEvent[] {
   const out: JournalEvent[] = [];
   for (let i = Math.max(0, afterSeq - e.firstSeq + 1); i < e.data.length; i++) {
-    out.push({ seq: e.firstSeq + i, kind: KINDS[e.kinds[i]!]!, data: e.data[i]! });
+    out.push({ seq: e.firstSeq + i, kind: LETTER_KIND[e.kinds[i]!]!, data: e.data[i]! });
   }
   return out;
 }

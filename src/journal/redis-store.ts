@@ -8,6 +8,8 @@
 import Redis from 'ioredis';
 import {
   EVENT_OVERHEAD_BYTES,
+  KIND_LETTER,
+  LETTER_KIND,
   type JournalEvent,
   type JournalLimits,
   type JournalStore,
@@ -30,19 +32,6 @@ return 0`;
 
 // An entry's fields: `k` one letter per event (its kind), `d` the events' data concatenated, and,
 // when there is more than one event, `n` their lengths (UTF-16 units, comma-separated).
-const KIND_LETTER: Readonly<Record<JournalEvent['kind'], string>> = {
-  content: 'c',
-  reasoning: 'r',
-  done: 'd',
-  error: 'e',
-};
-const LETTER_KIND: Readonly<Record<string, JournalEvent['kind']>> = {
-  c: 'content',
-  r: 'reasoning',
-  d: 'done',
-  e: 'error',
-};
-
 /** The events of one entry (`fields` as Redis returns them: name, value, ...), after `afterSeq`. */
 function entryEvents(
   entryId: string,

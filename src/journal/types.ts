@@ -9,6 +9,20 @@ export interface JournalEvent {
   data: string;
 }
 
+/** One letter per kind: how both stores keep an event's kind (an array slot, a Redis field). */
+export const KIND_LETTER: Readonly<Record<JournalEvent['kind'], string>> = {
+  content: 'c',
+  reasoning: 'r',
+  done: 'd',
+  error: 'e',
+};
+export const LETTER_KIND: Readonly<Record<string, JournalEvent['kind']>> = {
+  c: 'content',
+  r: 'reasoning',
+  d: 'done',
+  e: 'error',
+};
+
 /** `handoff`: its process shut down mid-answer; the next resume, on any worker, takes it over. */
 export type StreamState = 'live' | 'done' | 'failed' | 'handoff';
 

@@ -3,6 +3,7 @@
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { freePort } from './free-port';
 
 export const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
 
@@ -13,18 +14,8 @@ export function describeWithRedis(name: string, fn: () => void): void {
     return;
   }
   console.warn(`SKIPPED "${name}": redis-server is not installed (apt-get install redis-server)`);
+  // Skipped because redis-server is missing on this machine (said loudly above); CI installs it.
   describe.skip(name, fn);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 export interface RedisServer {
