@@ -26,6 +26,8 @@ export class ResponseSink {
   /** Most bytes seen waiting in the response's buffer: what a slow reader costs us. */
   peakBuffered = 0;
   private pending = '';
+  /** open(true) wrote the head into Node's buffer only: the next flush sends it. */
+  private headPending = false;
   private wroteSinceTick = false;
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
@@ -43,7 +45,12 @@ export class ResponseSink {
     return this.closed;
   }
 
-  open(): void {
+  /**
+   * Send the head (and the SSE preamble). With `deferHead`, they wait for the next flush(), which
+   * the caller promises within the same event-loop turn: the tokens read with the upstream's
+   * headers then go out in the same socket write.
+   */
+  open(deferHead = false): void {
     const res = this.res;
     if (res.headersSent || res.destroyed) return;
     this.status = this.opts.status ?? 200;
@@ -57,7 +64,10 @@ export class ResponseSink {
     // The length of a live answer is unknown; clients (curl -C -) check the start offset.
     if (this.status === 206) headers['Content-Range'] = `bytes ${this.opts.skipBytes ?? 0}-*/*`;
     res.writeHead(this.status, headers);
-    if (this.frames.preamble) res.write(this.frames.preamble);
+    if (deferHead) {
+      this.headPending = true;
+      this.pending = this.frames.preamble + this.pending;
+    } else if (this.frames.preamble) res.write(this.frames.preamble);
     else res.flushHeaders();
     if (this.frames.ping !== null) {
       this.heartbeat = setInterval(() => this.tick(), this.opts.heartbeatMs);
@@ -80,7 +90,15 @@ export class ResponseSink {
   /** Write what is pending as one write; false means the client is not keeping up. */
   flush(): boolean {
     const out = this.pending;
-    if (out.length === 0 || this.closed) return true;
+    if (this.closed) return true;
+    if (out.length === 0) {
+      if (this.headPending) {
+        this.headPending = false;
+        this.res.flushHeaders();
+      }
+      return true;
+    }
+    this.headPending = false;
     this.pending = '';
     this.wroteSinceTick = true;
     this.bytesOut += Buffer.byteLength(out);
@@ -90,25 +108,37 @@ export class ResponseSink {
     return false;
   }
 
-  /** The answer finished: the done event, then a clean end of the body. */
+  /** The answer finished: what is pending, the done event and a clean end, in one write. */
   done(data: string, seq: number): void {
-    this.pending += this.frames.done(data, seq);
-    this.flush();
-    this.close();
-    this.res.end();
+    if (this.closed) return;
+    this.endWith(this.pending + this.frames.done(data, seq));
   }
 
   /** A failure after the stream began: in-band for SSE; for text, cut without the last chunk. */
   error(data: string, seq: number): void {
     const frame = this.frames.error(data, seq);
-    this.flush();
-    this.close();
     if (frame === null) {
+      this.flush();
+      this.close();
       // A truncated text answer must never look complete.
       this.res.destroy();
       return;
     }
-    this.res.end(frame);
+    if (this.closed) return;
+    this.endWith(this.pending + frame);
+  }
+
+  private endWith(out: string): void {
+    this.pending = '';
+    this.headPending = false;
+    this.close();
+    if (out.length === 0) {
+      this.res.end();
+      return;
+    }
+    this.wroteSinceTick = true;
+    this.bytesOut += Buffer.byteLength(out);
+    this.res.end(out);
   }
 
   /** Any journal event (live follow or replay). */

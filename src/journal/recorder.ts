@@ -53,7 +53,8 @@ export class StreamRecorder implements StreamListener {
   }
 
   open(): void {
-    this.client?.open();
+    // The engine flushes in this event-loop turn: the head goes out with the first tokens.
+    this.client?.open(true);
   }
 
   // Hot path: one token. One small object for the journal; the client gets the text directly.

@@ -114,6 +114,7 @@ class OpenAiStreamSink implements StreamListener {
   bytesOut = 0;
   status = 0;
   private pending = '';
+  private headPending = false;
   constructor(
     private readonly res: ServerResponse,
     private readonly requestId: string,
@@ -121,13 +122,14 @@ class OpenAiStreamSink implements StreamListener {
 
   open(): void {
     this.status = 200;
+    this.headPending = true;
     this.res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-cache, no-transform',
       'X-Accel-Buffering': 'no',
       'X-Request-Id': this.requestId,
     });
-    this.res.flushHeaders();
+    // The head goes out with the first flush (the same event-loop turn): one write, not two.
   }
   // Hot path: pass the upstream's bytes on; no parse-and-reserialise.
   chunk(data: string): void {
@@ -136,23 +138,33 @@ class OpenAiStreamSink implements StreamListener {
   content(): void {}
   reasoning(): void {}
   flush(): boolean {
-    if (this.pending === '') return true;
+    if (this.pending === '') {
+      if (this.headPending) this.res.flushHeaders();
+      this.headPending = false;
+      return true;
+    }
+    this.headPending = false;
     const out = this.pending;
     this.pending = '';
     this.bytesOut += out.length;
     return this.res.write(out);
   }
+  /** The last events, [DONE] and the end of the body in one write. */
   end(): void {
-    this.pending += 'data: [DONE]\n\n';
-    this.flush();
-    this.res.end();
+    const out = this.pending + 'data: [DONE]\n\n';
+    this.pending = '';
+    this.headPending = false;
+    this.bytesOut += out.length;
+    this.res.end(out);
   }
   fail(err: ProxyError, opened: boolean): void {
     if (!opened || !this.res.headersSent) return sendJsonError(this.res, err, this.requestId, this);
     // In-band: an error object the OpenAI SDKs raise as an APIError.
-    this.pending += `data: ${JSON.stringify(openAiErrorBody(err, this.requestId))}\n\n`;
-    this.flush();
-    this.res.end();
+    const out = `${this.pending}data: ${JSON.stringify(openAiErrorBody(err, this.requestId))}\n\n`;
+    this.pending = '';
+    this.headPending = false;
+    this.bytesOut += out.length;
+    this.res.end(out);
   }
 }
 

@@ -14,7 +14,11 @@ import { createSseDecoder } from './decoder';
 import { interpret, type DeltaSink, type Usage } from './interpreter';
 
 export interface StreamListener {
-  /** The upstream accepted the request (HTTP 200): the response may begin. */
+  /**
+   * The upstream accepted the request (HTTP 200): the response may begin. A flush() follows in
+   * the same event-loop turn, so the listener may hold its head back and send it with the first
+   * tokens, when they came in the same read: one socket write instead of two.
+   */
   open(): void;
   /** An answer token. Hot path: buffer it; flush() follows once per upstream read. */
   content(text: string): void;
@@ -272,6 +276,9 @@ export class ChatStream implements DeltaSink {
     if (!this.opened) {
       this.opened = true;
       this.listener.open();
+      this.dirty = true;
+      this.flushScheduled = true;
+      setImmediate(this.flushNow);
     }
     return this.consume(res.body, controller);
   }
