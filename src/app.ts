@@ -83,9 +83,6 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
     }),
   );
 
-  app.use(healthRouter(service, journal));
-  if (config.metricsPort === undefined) app.get('/metrics', metricsHandler(metrics));
-
   // Guards for the API, in order: who is it, is it signed, how fast, how many at once.
   const guards: RequestHandler[] = [];
   if (config.proxyApiKeys.length > 0) guards.push(apiKeyAuth(config.proxyApiKeys));
@@ -114,9 +111,13 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   );
   app.use(API_PATHS, ...guards);
 
+  // The streaming routes first: Express tries every router in turn, and entering one costs
+  // microseconds per request on the path to the first token.
+  app.use(chatStreamRouter(config, service, journal, metrics));
   app.use(openAiRouter(config, service));
   app.use(batchRouter(config, service));
-  app.use(chatStreamRouter(config, service, journal, metrics));
+  app.use(healthRouter(service, journal));
+  if (config.metricsPort === undefined) app.get('/metrics', metricsHandler(metrics));
   // Static files last: API requests never pay for a filesystem lookup.
   app.use(demoRouter());
   app.use(notFound);

@@ -59,7 +59,7 @@ export class ResponseSink {
       'Cache-Control': 'no-cache, no-transform',
       'X-Accel-Buffering': 'no',
       'X-Request-Id': this.opts.requestId,
-      Connection: 'keep-alive',
+      // No `Connection` header: Node sends keep-alive itself, or close when the client asked.
     };
     // The length of a live answer is unknown; clients (curl -C -) check the start offset.
     if (this.status === 206) headers['Content-Range'] = `bytes ${this.opts.skipBytes ?? 0}-*/*`;

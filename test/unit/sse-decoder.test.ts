@@ -2,7 +2,7 @@
 // buffers, and linear work however the bytes are split.
 
 import fc from 'fast-check';
-import { createSseDecoder } from '../../src/stream/decoder';
+import { createSseDecoder, Utf8Stream } from '../../src/stream/decoder';
 
 interface Seen {
   events: Array<[string, string | undefined]>;
@@ -275,5 +275,50 @@ describe('properties (fast-check)', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('Utf8Stream: the text TextDecoder gives, whatever the bytes and the splits', () => {
+  // Bytes weighted towards the interesting ones: leads of every length, continuations, the
+  // invalid C0/C1/F5-FF, surrogate and overlong prefixes (E0 80, ED A0, F0 80, F4 90), a BOM.
+  const byte = fc.oneof(
+    fc.integer({ min: 0, max: 255 }),
+    fc.constantFrom(0x41, 0x0a, 0x80, 0xbf, 0xc0, 0xc2, 0xe0, 0xed, 0xa0, 0xef, 0xbb),
+    fc.constantFrom(0xf0, 0xf4, 0x90, 0x9f, 0xf5, 0xff),
+  );
+  const decodeAll = (pieces: Uint8Array[]): string => {
+    const u = new Utf8Stream();
+    return pieces.map((p) => u.decode(p)).join('') + u.end();
+  };
+
+  it('random bytes, random splits', () => {
+    fc.assert(
+      fc.property(
+        fc.array(byte, { maxLength: 60 }),
+        fc.array(fc.nat(60), { maxLength: 8 }),
+        fc.boolean(),
+        (list, cuts, bom) => {
+          const bytes = Uint8Array.from(bom ? [0xef, 0xbb, 0xbf, ...list] : list);
+          const expected = new TextDecoder('utf-8').decode(bytes);
+          expect(decodeAll(splitAt(bytes, cuts))).toBe(expected);
+          expect(decodeAll(Array.from(bytes, (b) => Uint8Array.of(b)))).toBe(expected);
+        },
+      ),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('holds a split character and completes it with the next chunk', () => {
+    const u = new Utf8Stream();
+    const rocket = Buffer.from('a🚀', 'utf8');
+    expect(u.decode(rocket.subarray(0, 3))).toBe('a');
+    expect(u.decode(rocket.subarray(3))).toBe('🚀');
+    expect(u.end()).toBe('');
+  });
+
+  it('an incomplete sequence at the very end becomes one U+FFFD', () => {
+    const u = new Utf8Stream();
+    expect(u.decode(Uint8Array.of(0x61, 0xe4, 0xb8))).toBe('a');
+    expect(u.end()).toBe('\ufffd');
   });
 });
