@@ -1,5 +1,5 @@
 // Fairness and access: rate limits, the per-client stream cap, client keys, HMAC signatures,
-// CORS, and /metrics.
+// CORS, security headers, and /metrics.
 
 import { createHash } from 'node:crypto';
 import { sign, signingPayload } from '../../src/middleware/auth';
@@ -189,6 +189,40 @@ describe('CORS allowlist', () => {
     } finally {
       await stack.close();
     }
+  });
+});
+
+describe('security headers', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(() => stack.close());
+
+  it('API responses (streams and errors) get the API set; the demo page the full set', async () => {
+    const stream = await request(stack.url + q('headers', '&format=sse'));
+    const error = await request(stack.url + '/chat-stream');
+    for (const res of [stream, error]) {
+      expect(res.headers['x-content-type-options']).toBe('nosniff');
+      expect(res.headers['strict-transport-security']).toMatch(/max-age=\d+/);
+      expect(res.headers['x-frame-options']).toBe('SAMEORIGIN');
+      expect(res.headers['referrer-policy']).toBe('no-referrer');
+      expect(res.headers['cross-origin-resource-policy']).toBe('same-origin');
+      expect(res.headers['content-security-policy']).toBe(
+        "default-src 'none';frame-ancestors 'none'",
+      );
+      expect(res.headers['cross-origin-opener-policy']).toBeUndefined();
+      expect(res.headers['x-xss-protection']).toBeUndefined();
+    }
+    expect(stream.status).toBe(200);
+    expect(error.status).toBe(400);
+    const page = await request(stack.url + '/');
+    expect(page.status).toBe(200);
+    expect(page.headers['content-type']).toMatch(/text\/html/);
+    expect(page.headers['content-security-policy']).toMatch(/script-src 'self'/);
+    expect(page.headers['cross-origin-opener-policy']).toBe('same-origin');
+    expect(page.headers['x-content-type-options']).toBe('nosniff');
+    expect(page.headers['x-xss-protection']).toBe('0');
   });
 });
 
