@@ -95,16 +95,19 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.use(requestId);
   app.use(countRequests(metrics));
   if (config.corsOrigins.length > 0) app.use(cors(config.corsOrigins));
-  app.use(
-    express.json({
-      limit: config.maxBodyBytes,
-      type: ['application/json', 'application/*+json'],
-      // The signature covers the raw body, byte for byte.
-      verify: (req, _res, buf) => {
-        (req as unknown as { rawBody: Buffer }).rawBody = buf;
-      },
-    }),
-  );
+  const json = express.json({
+    limit: config.maxBodyBytes,
+    type: ['application/json', 'application/*+json'],
+    // The signature covers the raw body, byte for byte.
+    verify: (req, _res, buf) => {
+      (req as unknown as { rawBody: Buffer }).rawBody = buf;
+    },
+  });
+  // GET and HEAD take no body here (GET /chat-stream reads its query): they skip the parser.
+  app.use((req, res, next) => {
+    if (req.method === 'GET' || req.method === 'HEAD') next();
+    else json(req, res, next);
+  });
 
   // Guards for the API, in order: who is it, is it signed, how fast, how many at once.
   const guards: RequestHandler[] = [];
