@@ -11,7 +11,7 @@ import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../up
 import { prefixContinuationBody, type UpstreamBody } from '../upstream/request';
 import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
 import { createSseDecoder } from './decoder';
-import { interpret, type DeltaSink, type Usage } from './interpreter';
+import { ByteScan, interpret, interpretBytes, type DeltaSink, type Usage } from './interpreter';
 
 export interface StreamListener {
   /**
@@ -285,12 +285,21 @@ export class ChatStream implements DeltaSink {
 
   private consume(body: Readable, controller: UpstreamAbort): Promise<AttemptResult> {
     return new Promise<AttemptResult>((resolve) => {
+      // Formats that forward the upstream's chunks need each chunk as text; the others read
+      // tokens straight from the bytes (interpretBytes).
+      const scan = this.forwardChunks ? undefined : new ByteScan();
       const decoder = createSseDecoder(
         {
           onEvent: (data) => {
             if (this.settle === finish) interpret(data, this);
           },
           onOverflow: (n) => this.invalid(`upstream event larger than ${n} characters`),
+          onDataBytes:
+            scan === undefined
+              ? undefined
+              : (buf, start, end) => {
+                  if (this.settle === finish) interpretBytes(buf, start, end, scan, this);
+                },
         },
         this.s.maxEventBytes,
       );
@@ -299,6 +308,7 @@ export class ChatStream implements DeltaSink {
         this.idleTimer?.refresh();
         this.stats.bytesIn += buf.length;
         decoder.feed(buf);
+        scan?.clear(); // its searches remember positions in this buffer only
         // One client write per event-loop turn, not per upstream chunk: DeepSeek sends a chunk
         // per event, and a write per chunk made writev the top item of the profile.
         // Past 64 KiB read since the last write, write now: the buffer stays small for

@@ -13,6 +13,14 @@ export interface SseDecoderHandlers {
   onComment?(text: string): void;
   /** The buffered event outgrew its bound. The decoder resets and drops the rest of that event. */
   onOverflow(bufferedChars: number): void;
+  /**
+   * Optional hot path. When set, a default-type event whose data is one line that arrived whole
+   * (`data: ...` and the blank line after it, in one feed) is handed over as the line's bytes,
+   * `bytes[start, end)`, undecoded: the caller decodes only what it needs (a token), not the whole
+   * chunk. Every other event still goes to onEvent. Decoding the range as UTF-8 gives the same
+   * text onEvent would have had. The bytes are the caller's buffer: use them before returning.
+   */
+  onDataBytes?(bytes: Buffer, start: number, end: number): void;
 }
 
 export interface SseDecoder {
@@ -35,7 +43,7 @@ export function createSseDecoder(
   handlers: SseDecoderHandlers,
   maxEventChars = 1 << 20,
 ): SseDecoder {
-  const { onEvent, onComment, onOverflow } = handlers;
+  const { onEvent, onComment, onOverflow, onDataBytes } = handlers;
   let utf8 = new Utf8Stream(); // strips one leading BOM, keeps split sequences
   // Text of an unfinished line, kept as fragments and joined once when the line ends: a long line
   // fed byte by byte stays linear instead of re-copying the prefix on every feed.
@@ -165,10 +173,83 @@ export function createSseDecoder(
     }
   }
 
+  function feedBytes(bytes: Uint8Array): void {
+    const text = utf8.decode(bytes);
+    if (text.length > 0) feedText(text);
+  }
+
+  // The byte path, for onDataBytes. Taken only from a clean state (no partial line, UTF-8
+  // sequence or CR pending, no event begun) on input without CR: then each LF ends a line, and a
+  // line starting with `data:` right before an LF LF pair is a whole single-line event. Any other
+  // complete line is decoded and goes through line(); the unfinished tail goes through feedText.
+  // Returns the offset where the byte path stopped.
+  function feedLines(buf: Buffer, from: number, onBytes: NonNullable<typeof onDataBytes>): number {
+    const n = buf.length;
+    let pos = from;
+    while (pos < n) {
+      const lf = buf.indexOf(LF, pos);
+      if (lf === -1) break;
+      if (
+        lf + 1 < n &&
+        buf[lf + 1] === LF &&
+        dataLines === 0 &&
+        eventType === undefined &&
+        !dropping &&
+        buf[pos] === 100 && // d
+        buf[pos + 1] === 97 && // a
+        buf[pos + 2] === 116 && // t
+        buf[pos + 3] === 97 && // a
+        buf[pos + 4] === COLON
+      ) {
+        const v = buf[pos + 5] === SPACE ? pos + 6 : pos + 5;
+        // Bytes >= characters: a line within the bound in bytes is within it in characters.
+        if (lf - v <= maxEventChars) {
+          onBytes(buf, v, lf);
+          pos = lf + 2;
+          continue;
+        }
+      }
+      if (lf === pos) dispatch();
+      else {
+        const s = buf.toString('utf8', pos, lf);
+        line(s, 0, s.length);
+      }
+      pos = lf + 1;
+    }
+    return pos;
+  }
+
   return {
     feed(bytes: Uint8Array): void {
-      const text = utf8.decode(bytes);
-      if (text.length > 0) feedText(text);
+      if (onDataBytes === undefined) {
+        feedBytes(bytes);
+        return;
+      }
+      let buf = Buffer.isBuffer(bytes)
+        ? bytes
+        : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      // CR line ends (rare) take the text path, which knows CR LF split across feeds.
+      if (skipLeadingLF || buf.indexOf(CR) !== -1) {
+        feedBytes(buf);
+        return;
+      }
+      if (fragments.length > 0) {
+        // Finish the pending line through the text path, then read the rest as bytes.
+        const lf = buf.indexOf(LF);
+        if (lf === -1) {
+          feedBytes(buf);
+          return;
+        }
+        feedBytes(buf.subarray(0, lf + 1));
+        buf = buf.subarray(lf + 1);
+      }
+      const from = utf8.start(buf);
+      if (from === -1) {
+        feedBytes(buf);
+        return;
+      }
+      const pos = feedLines(buf, from, onDataBytes);
+      if (pos < buf.length) feedBytes(buf.subarray(pos));
     },
     end(): void {
       const text = utf8.end();
@@ -206,6 +287,24 @@ export class Utf8Stream {
   /** The incomplete sequence at the end of the last chunk, if any. */
   private held: Buffer | undefined = undefined;
   private bomChecked = false;
+
+  /**
+   * For a caller about to read `buf` as bytes instead of through decode(): where its text starts
+   * (3 past a leading BOM, else 0), or -1 when it cannot be read on its own (a sequence from the
+   * last chunk is pending, or a possible BOM is cut short). Reading from there is reading what
+   * decode() would have returned.
+   */
+  start(buf: Buffer): number {
+    if (this.held !== undefined || buf.length === 0) return -1;
+    if (this.bomChecked) return 0;
+    if (buf[0] !== 0xef) {
+      this.bomChecked = true;
+      return 0;
+    }
+    if (buf.length < 3) return -1;
+    this.bomChecked = true;
+    return buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
+  }
 
   decode(bytes: Uint8Array): string {
     let buf = Buffer.isBuffer(bytes)

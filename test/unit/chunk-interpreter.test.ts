@@ -1,7 +1,7 @@
 // The interpreter: DeepSeek chunk shapes -> deltas.
 
 import fc from 'fast-check';
-import { interpret, type DeltaSink } from '../../src/stream/interpreter';
+import { ByteScan, interpret, interpretBytes, type DeltaSink } from '../../src/stream/interpreter';
 
 function run(...data: string[]) {
   const calls: Array<[string, ...unknown[]]> = [];
@@ -105,5 +105,102 @@ describe('the token fast path', () => {
     const truncated = shape('{"content":"a"}').slice(0, -1);
     expect(run(truncated).map((c) => c[0])).toEqual(['invalid']);
     expect(run(shape('{"content":"bad \\q escape"}')).map((c) => c[0])).toEqual(['invalid']);
+  });
+});
+
+describe('interpretBytes: the same deltas as interpret, read from the bytes', () => {
+  type Call = [string, ...unknown[]];
+  const recorder = (calls: Call[]): DeltaSink => ({
+    chunk: () => undefined,
+    content: (t) => calls.push(['content', t]),
+    reasoning: (t) => calls.push(['reasoning', t]),
+    finish: (r, u) => calls.push(['finish', r, u]),
+    usage: (u) => calls.push(['usage', u]),
+    done: () => calls.push(['done']),
+    invalid: (m) => calls.push(['invalid', m]),
+    upstreamError: (m) => calls.push(['upstreamError', m]),
+  });
+  const head =
+    '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"deepseek-chat",' +
+    '"system_fingerprint":"fp","choices":[{"index":0,"delta":';
+  const token = (t: string) =>
+    `${head}{"content":${JSON.stringify(t)}},"logprobs":null,"finish_reason":null}]}`;
+  const thought = (t: string) =>
+    `${head}{"content":null,"reasoning_content":${JSON.stringify(t)}},"logprobs":null,"finish_reason":null}]}`;
+
+  /** Each data string as one line of one buffer (as the decoder hands them over). */
+  function both(data: string[]): { text: Call[]; bytes: Call[] } {
+    const text: Call[] = [];
+    // What the decoder would hand over: the text of the bytes (a lone surrogate is U+FFFD there).
+    for (const d of data) interpret(Buffer.from(d, 'utf8').toString('utf8'), recorder(text));
+    const bytes: Call[] = [];
+    const buf = Buffer.from(data.map((d) => `data: ${d}\n\n`).join(''), 'utf8');
+    const scan = new ByteScan();
+    let at = 0;
+    for (const d of data) {
+      const start = at + 6;
+      const end = start + Buffer.byteLength(d);
+      interpretBytes(buf, start, end, scan, recorder(bytes));
+      at = end + 2;
+    }
+    return { text, bytes };
+  }
+
+  it('tokens, reasoning, escapes, multi-byte text, finish, usage, [DONE]', () => {
+    const data = [
+      `${head}{"role":"assistant","content":null,"reasoning_content":null},"logprobs":null,"finish_reason":null}]}`,
+      thought('Let me'),
+      thought(''),
+      token('Hello'),
+      token(''),
+      token(' "quoted" \\ back\\slash\n\ttab'),
+      token('流式传输 🚀 café'),
+      token('\u0000\u001f\u2028'),
+      `${head}{"content":"end"},"logprobs":null,"finish_reason":"stop"}],"usage":{"total_tokens":3}}`,
+      '{"choices":[],"usage":{"total_tokens":3}}',
+      '[DONE]',
+      '{"error":{"message":"overloaded"}}',
+      '{"choices":[',
+    ];
+    const { text, bytes } = both(data);
+    expect(bytes).toEqual(text);
+    expect(bytes.filter((c) => c[0] === 'content').map((c) => c[1])).toEqual([
+      'Hello',
+      ' "quoted" \\ back\\slash\n\ttab',
+      '流式传输 🚀 café',
+      '\u0000\u001f\u2028',
+      'end',
+    ]);
+  });
+
+  it('random tokens and random damage to the chunks (fast-check)', () => {
+    const chunkText = fc.oneof(
+      fc.string({ unit: 'binary', maxLength: 12 }).map(token),
+      fc.string({ maxLength: 12 }).map(thought),
+      fc.constantFrom('[DONE]', '{"choices":[]}', `${head}{"content":"x"}}]}`),
+    );
+    // Damage: cut the chunk short, or overwrite one character with a structural one.
+    const damaged = fc
+      .tuple(
+        chunkText,
+        fc.nat(),
+        fc.constantFrom('', '"', '\\', '}', '{', ',', 'x', 'é'),
+        fc.boolean(),
+      )
+      .map(([d, at, ch, cut]) => {
+        if (d.length === 0) return d;
+        const i = at % d.length;
+        return cut ? d.slice(0, i) : d.slice(0, i) + ch + d.slice(i + 1);
+      });
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(chunkText, damaged), { minLength: 1, maxLength: 8 }),
+        (data) => {
+          const { text, bytes } = both(data.filter((d) => !/[\r\n]/.test(d)));
+          expect(bytes).toEqual(text);
+        },
+      ),
+      { numRuns: 3000 },
+    );
   });
 });

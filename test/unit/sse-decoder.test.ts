@@ -10,13 +10,27 @@ interface Seen {
   overflows: number;
 }
 
-function decodeChunks(chunks: Uint8Array[], max?: number): Seen {
+/** How many events came through onDataBytes in the last byte-path decodeChunks(). */
+let byteEvents = 0;
+
+/**
+ * Decode, optionally with the byte path (onDataBytes): its events, decoded, go into the same
+ * list, so both paths can be compared as they would be seen by a consumer.
+ */
+function decodeChunks(chunks: Uint8Array[], max?: number, bytePath = false): Seen {
   const seen: Seen = { events: [], comments: [], overflows: 0 };
+  byteEvents = 0;
   const d = createSseDecoder(
     {
       onEvent: (data, type) => seen.events.push([data, type]),
       onComment: (c) => seen.comments.push(c),
       onOverflow: () => seen.overflows++,
+      onDataBytes: bytePath
+        ? (buf, start, end) => {
+            byteEvents++;
+            seen.events.push([buf.toString('utf8', start, end), undefined]);
+          }
+        : undefined,
     },
     max,
   );
@@ -84,8 +98,49 @@ describe('each fixture decodes the same whole, split at every index, and byte by
       }
       const single = Array.from(bytes, (b) => Uint8Array.of(b));
       expect(decodeChunks(single)).toEqual(whole);
+      // The byte path (onDataBytes) sees the same events, whole and split anywhere.
+      expect(decodeChunks([bytes], undefined, true)).toEqual(whole);
+      for (let i = 0; i <= bytes.length; i++) {
+        const pieces = [bytes.subarray(0, i), bytes.subarray(i)];
+        expect(decodeChunks(pieces, undefined, true)).toEqual(whole);
+      }
+      expect(decodeChunks(single, undefined, true)).toEqual(whole);
     });
   }
+});
+
+describe('the byte path (onDataBytes)', () => {
+  it('takes every single-line data event of an LF stream that arrives whole', () => {
+    const bytes = bytesOf(FIXTURES.plain! + FIXTURES.cjkEmoji!);
+    const seen = decodeChunks([bytes], undefined, true);
+    expect(byteEvents).toBe(seen.events.length);
+    expect(byteEvents).toBe(9);
+  });
+
+  it('goes back to the byte path after a line split across feeds', () => {
+    const bytes = bytesOf(chunk(1, 'a') + chunk(2, 'b') + chunk(3, 'c') + chunk(4, 'd'));
+    const cut = bytes.indexOf('"b"');
+    const seen = decodeChunks([bytes.subarray(0, cut), bytes.subarray(cut)], undefined, true);
+    expect(seen.events).toHaveLength(4);
+    // Events 1, 3 and 4 arrive whole; event 2 is finished through the text path.
+    expect(byteEvents).toBe(3);
+  });
+
+  it('leaves CR streams, multi-line data, named events and a BOM to the rules of the text path', () => {
+    for (const name of ['crlf', 'cr', 'multiLine', 'bom', 'oddFields']) {
+      const bytes = bytesOf(FIXTURES[name]!);
+      expect(decodeChunks([bytes], undefined, true)).toEqual(decodeChunks([bytes]));
+    }
+  });
+
+  it('keeps the bound on event size', () => {
+    const big = bytesOf(`data: ${'x'.repeat(300)}
+
+${chunk(1, 'ok')}`);
+    const seen = decodeChunks([big], 256, true);
+    expect(seen.overflows).toBe(1);
+    expect(seen.events).toHaveLength(1);
+  });
 });
 
 describe('WHATWG details', () => {
@@ -227,7 +282,9 @@ describe('properties (fast-check)', () => {
         (bytes, cuts) => {
           const pieces = splitAt(bytes, cuts);
           const buf = Buffer.from(bytes);
-          expect(decodeChunks(pieces)).toEqual(decodeChunks([buf]));
+          const whole = decodeChunks([buf]);
+          expect(decodeChunks(pieces)).toEqual(whole);
+          expect(decodeChunks(pieces, undefined, true)).toEqual(whole);
         },
       ),
       { numRuns: 2000 },
@@ -252,6 +309,7 @@ describe('properties (fast-check)', () => {
           const pieces = splitAt(bytes, cuts);
           const seen = decodeChunks(pieces);
           expect(seen.events.map(([d]) => d)).toEqual(events.map(([d]) => d));
+          expect(decodeChunks(pieces, undefined, true)).toEqual(seen);
         },
       ),
       { numRuns: 1500 },
