@@ -113,7 +113,14 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
 class OpenAiStreamSink implements StreamListener {
   bytesOut = 0;
   status = 0;
+  /** Text written since the last byte run (or since the last flush). */
   private pending = '';
+  /** What comes before `pending` in the next write, in order: text, and the upstream's bytes. */
+  private parts: Array<string | Buffer> = [];
+  /** The open run of the upstream's own bytes: `run[runStart, runEnd)`. */
+  private run: Buffer | undefined;
+  private runStart = 0;
+  private runEnd = 0;
   private headPending = false;
   constructor(
     private readonly res: ServerResponse,
@@ -131,40 +138,80 @@ class OpenAiStreamSink implements StreamListener {
     });
     // The head goes out with the first flush (the same event-loop turn): one write, not two.
   }
-  // Hot path: pass the upstream's bytes on; no parse-and-reserialise.
   chunk(data: string): void {
+    if (this.run !== undefined) this.closeRun();
     this.pending += `data: ${data}\n\n`;
+  }
+  // Hot path: the upstream's `data: <chunk>\n\n` lines go out as the very bytes that came in;
+  // consecutive ones are one range of the upstream's buffer. No decode, no re-encode.
+  chunkBytes(buf: Buffer, start: number, end: number): void {
+    if (buf[start - 1] !== 32 /* `data:` without a space: write it as ours */) {
+      this.chunk(buf.toString('utf8', start, end));
+      return;
+    }
+    const lineStart = start - 6;
+    if (this.run === buf && this.runEnd === lineStart) {
+      this.runEnd = end + 2;
+      return;
+    }
+    if (this.run !== undefined || this.pending !== '') this.closeRun();
+    this.run = buf;
+    this.runStart = lineStart;
+    this.runEnd = end + 2;
   }
   content(): void {}
   reasoning(): void {}
   flush(): boolean {
-    if (this.pending === '') {
+    const out = this.take('');
+    if (out.length === 0) {
       if (this.headPending) this.res.flushHeaders();
       this.headPending = false;
       return true;
     }
     this.headPending = false;
-    const out = this.pending;
-    this.pending = '';
-    this.bytesOut += out.length;
     return this.res.write(out);
   }
   /** The last events, [DONE] and the end of the body in one write. */
   end(): void {
-    const out = this.pending + 'data: [DONE]\n\n';
-    this.pending = '';
     this.headPending = false;
-    this.bytesOut += out.length;
-    this.res.end(out);
+    this.res.end(this.take('data: [DONE]\n\n'));
   }
   fail(err: ProxyError, opened: boolean): void {
     if (!opened || !this.res.headersSent) return sendJsonError(this.res, err, this.requestId, this);
     // In-band: an error object the OpenAI SDKs raise as an APIError.
-    const out = `${this.pending}data: ${JSON.stringify(openAiErrorBody(err, this.requestId))}\n\n`;
-    this.pending = '';
     this.headPending = false;
+    this.res.end(this.take(`data: ${JSON.stringify(openAiErrorBody(err, this.requestId))}\n\n`));
+  }
+
+  /** The parts of `parts` and `pending` in order. */
+  private closeRun(): void {
+    if (this.pending !== '') {
+      this.parts.push(this.pending);
+      this.pending = '';
+    }
+    if (this.run !== undefined) {
+      this.parts.push(this.run.subarray(this.runStart, this.runEnd));
+      this.run = undefined;
+    }
+  }
+
+  /** Everything pending and then `last`, as one string or Buffer; pending is emptied. */
+  private take(last: string): string | Buffer {
+    let out: string | Buffer;
+    if (this.parts.length === 0 && this.run === undefined) {
+      out = this.pending + last;
+      this.pending = '';
+      this.bytesOut += Buffer.byteLength(out);
+      return out;
+    }
+    this.closeRun();
+    if (last !== '') this.parts.push(last);
+    const parts = this.parts;
+    this.parts = [];
+    if (parts.length === 1 && typeof parts[0] !== 'string') out = parts[0]!;
+    else out = Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : p)));
     this.bytesOut += out.length;
-    this.res.end(out);
+    return out;
   }
 }
 

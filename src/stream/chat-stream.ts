@@ -27,6 +27,13 @@ export interface StreamListener {
   /** Optional: every upstream chunk's data verbatim, for pass-through formats. */
   chunk?(data: string): void;
   /**
+   * Optional, with chunk(): a chunk's data as the upstream's bytes, `buf[start, end)`, for the
+   * chunks read on the byte path. The decoder guarantees the line around them: `data:` (and one
+   * space, when there was one) right before `start`, LF LF at `end`. `buf` is not reused by Node;
+   * it may be kept until the next flush().
+   */
+  chunkBytes?(buf: Buffer, start: number, end: number): void;
+  /**
    * Write what the last upstream read produced, as one write. Return false when the client is
    * not keeping up: the upstream socket pauses until resume().
    */
@@ -285,9 +292,10 @@ export class ChatStream implements DeltaSink {
 
   private consume(body: Readable, controller: UpstreamAbort): Promise<AttemptResult> {
     return new Promise<AttemptResult>((resolve) => {
-      // Formats that forward the upstream's chunks need each chunk as text; the others read
-      // tokens straight from the bytes (interpretBytes).
-      const scan = this.forwardChunks ? undefined : new ByteScan();
+      // Tokens are read straight from the bytes (interpretBytes), unless the format forwards
+      // chunks and can only take them as text.
+      const scan =
+        this.forwardChunks && this.listener.chunkBytes === undefined ? undefined : new ByteScan();
       const decoder = createSseDecoder(
         {
           onEvent: (data) => {
@@ -384,6 +392,13 @@ export class ChatStream implements DeltaSink {
   chunk(data: string): void {
     if (this.forwardChunks) {
       this.listener.chunk!(data);
+      this.dirty = true;
+    }
+  }
+
+  chunkBytes(buf: Buffer, start: number, end: number): void {
+    if (this.forwardChunks) {
+      this.listener.chunkBytes!(buf, start, end);
       this.dirty = true;
     }
   }

@@ -12,6 +12,11 @@ export interface Usage {
 export interface DeltaSink {
   /** Every parsed chunk's data, verbatim, before its deltas (for pass-through formats). */
   chunk(data: string): void;
+  /**
+   * interpretBytes' fast path: the chunk's data as the bytes `buf[start, end)` instead of chunk().
+   * Optional: without it, such chunks are not passed on.
+   */
+  chunkBytes?(buf: Buffer, start: number, end: number): void;
   content(text: string): void;
   reasoning(text: string): void;
   finish(reason: string, usage: Usage | undefined): void;
@@ -132,8 +137,7 @@ export class ByteScan {
 /**
  * Interpret one event given as its data's bytes, `buf[start, end)`: plain token chunks are read
  * from the bytes, anything else is decoded and goes to interpret(). Same results as interpret(),
- * except that the sink's chunk() is not called for fast-path chunks: callers that forward chunks
- * verbatim use interpret().
+ * except that fast-path chunks go to chunkBytes() instead of chunk().
  */
 export function interpretBytes(
   buf: Buffer,
@@ -155,6 +159,7 @@ export function interpretBytes(
       } else break;
       const text = tokenAt(buf, p, end, scan);
       if (text === undefined) break;
+      sink.chunkBytes?.(buf, start, end);
       if (text.length > 0) {
         if (reasoning) sink.reasoning(text);
         else sink.content(text);

@@ -1,8 +1,12 @@
 // /v1: the official openai package and the Vercel AI SDK, pointed at the proxy, just work.
 
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { streamText, generateText } from 'ai';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import { createApp } from '../../src/app';
+import { testConfig } from '../../src/config';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { request, startStack, type Stack } from '../helpers/stack';
 
@@ -123,6 +127,80 @@ describe('the openai package', () => {
       content: null,
       reasoning_content: null,
     });
+  });
+});
+
+describe('pass-through of mixed upstream framing', () => {
+  // The byte path hands whole `data: ...` lines over as the upstream's bytes; everything else
+  // (no space after the colon, a line split across writes, comments, a named event) takes the
+  // text path. The output must keep every chunk, in order, whichever path it took.
+  const head = '{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":';
+  const tok = (t: string) =>
+    `${head}{"content":${JSON.stringify(t)}},"logprobs":null,"finish_reason":null}]}`;
+  const events = [
+    `${head}{"role":"assistant","content":null},"logprobs":null,"finish_reason":null}]}`,
+    tok('A'),
+    tok('B'),
+    tok('C ✓'),
+    tok('D'),
+    tok('E'),
+    tok('F'),
+    `${head}{"content":""},"logprobs":null,"finish_reason":"stop"}],"usage":{"total_tokens":6}}`,
+  ];
+  // The upstream's writes, as sent: [A B] whole, C without the space, D split inside its
+  // multi-byte-free middle, a comment and an unnamed event with a type, E F whole, the finish.
+  const writes = [
+    `data: ${events[0]}\n\ndata: ${events[1]}\n\ndata: ${events[2]}\n\ndata:${events[3]}\n\n`,
+    `data: ${events[4]!.slice(0, 40)}`,
+    `${events[4]!.slice(40)}\n\n: keep-alive\n\nevent: message\ndata: ${events[5]}\n\n`,
+    `data: ${events[6]}\n\ndata: ${events[7]}\n\ndata: [DONE]\n\n`,
+  ];
+
+  it('every chunk once, in order, with the usual `data: ` framing', async () => {
+    const upstream = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', async () => {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+        for (const w of writes) {
+          res.write(w);
+          await new Promise((r) => setTimeout(r, 15));
+        }
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const app = createApp(
+      testConfig({
+        deepseekBaseUrl: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+        deepseekApiKey: 'sk-test-passthrough-0001',
+        useSimulator: false,
+        rateLimitMax: 0,
+        maxStreamsPerClient: 0,
+        logLevel: 'silent',
+      }),
+    );
+    const server = http.createServer(app);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const res = await request(
+        `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`,
+        {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            model: 'deepseek-chat',
+            messages: [{ role: 'user', content: 'x' }],
+            stream: true,
+          }),
+        },
+      );
+      expect(res.status).toBe(200);
+      expect(res.body).toBe(events.map((e) => `data: ${e}\n\n`).join('') + 'data: [DONE]\n\n');
+    } finally {
+      app.close();
+      server.close();
+      upstream.close();
+    }
   });
 });
 
