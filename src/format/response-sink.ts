@@ -101,8 +101,11 @@ export class ResponseSink {
     this.headPending = false;
     this.pending = '';
     this.wroteSinceTick = true;
-    this.bytesOut += Buffer.byteLength(out);
-    if (this.res.write(out)) return true;
+    // Encoded once, here: with a string, both our count and Node's chunked-encoding header would
+    // measure its UTF-8 length, and the socket write encode it again.
+    const bytes = Buffer.from(out);
+    this.bytesOut += bytes.length;
+    if (this.res.write(bytes)) return true;
     // Backpressure (rare path): note the high-water mark for the log line.
     if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
     return false;
@@ -137,8 +140,9 @@ export class ResponseSink {
       return;
     }
     this.wroteSinceTick = true;
-    this.bytesOut += Buffer.byteLength(out);
-    this.res.end(out);
+    const bytes = Buffer.from(out);
+    this.bytesOut += bytes.length;
+    this.res.end(bytes);
   }
 
   /** Any journal event (live follow or replay). */
