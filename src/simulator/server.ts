@@ -145,7 +145,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     });
 
     if (faulty && d.stallHeadersMs > 0) {
-      await sleep(d.stallHeadersMs);
+      await sleep(d.stallHeadersMs, res);
       if (res.destroyed) return;
     }
     if (faulty && d.status !== undefined) {
@@ -275,7 +275,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       const until = Date.now() + d.queueMs;
       while (Date.now() < until && !res.destroyed) {
         res.write('\n');
-        await sleep(Math.min(d.keepAliveMs || 1000, until - Date.now()));
+        await sleep(Math.min(d.keepAliveMs || 1000, until - Date.now()), res);
       }
     }
     const completion = {
@@ -388,7 +388,7 @@ class Wire {
 
   async flushAndSleep(ms: number): Promise<void> {
     await this.flush();
-    await sleep(ms);
+    await sleep(ms, this.res);
   }
 
   async end(): Promise<void> {
@@ -454,8 +454,21 @@ class Wire {
   }
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/**
+ * Wait `ms`, or less: a response that closes (the client left) ends the wait, so a stalled answer
+ * nobody reads holds no timer (a test process would otherwise wait for it before exiting).
+ */
+function sleep(ms: number, res: http.ServerResponse): Promise<void> {
+  if (res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      res.off('close', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    res.on('close', done);
+  });
 }
 
 function json(

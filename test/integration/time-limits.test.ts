@@ -72,6 +72,31 @@ describe('time limits', () => {
   });
 });
 
+describe('the simulator after a client gives up', () => {
+  // A stalled answer whose reader left must not hold a timer: a process (a test run) using the
+  // simulator would wait for it before it could exit.
+  it('a process whose stalled streams were hung up on exits at once', async () => {
+    const root = path.join(__dirname, '../..');
+    const child = spawn(
+      path.join(root, 'node_modules/.bin/tsx'),
+      ['test/fixtures/sim-give-up.ts'],
+      {
+        cwd: root,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    // The stalls are a minute long; the process gets 15 s in all, start-up included.
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const code = await exited;
+    clearTimeout(killer);
+    expect(out).toContain('closed');
+    expect(code).toBe(0);
+  });
+});
+
 describe('connect time limit', () => {
   const python = spawnSync('python3', ['--version']).status === 0;
   let hole: ChildProcess | undefined;
