@@ -101,11 +101,7 @@ export class ResponseSink {
     this.headPending = false;
     this.pending = '';
     this.wroteSinceTick = true;
-    // Encoded once, here: with a string, both our count and Node's chunked-encoding header would
-    // measure its UTF-8 length, and the socket write encode it again.
-    const bytes = Buffer.from(out);
-    this.bytesOut += bytes.length;
-    if (this.res.write(bytes)) return true;
+    if (this.res.write(this.encode(out))) return true;
     // Backpressure (rare path): note the high-water mark for the log line.
     if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
     return false;
@@ -140,9 +136,17 @@ export class ResponseSink {
       return;
     }
     this.wroteSinceTick = true;
+    this.res.end(this.encode(out));
+  }
+
+  /**
+   * Encoded once, here, and counted: written as a string, it would be measured twice (our count,
+   * Node's chunked-encoding header) and encoded again by the socket write.
+   */
+  private encode(out: string): Buffer {
     const bytes = Buffer.from(out);
     this.bytesOut += bytes.length;
-    this.res.end(bytes);
+    return bytes;
   }
 
   /** Any journal event (live follow or replay). */

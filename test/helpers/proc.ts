@@ -1,5 +1,5 @@
 // test/helpers/proc.ts: run src/server.ts as a child process (as `npm start` would, minus the
-// build) and find the port it listens on.
+// build) and find the port it listens on; or any other script of the repository under tsx.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
@@ -17,8 +17,12 @@ export interface ServerProc {
   stop(): Promise<number | null>;
 }
 
-export function startServerProcess(env: Record<string, string>): ServerProc {
-  const child = spawn(tsx, ['src/server.ts'], {
+/** A TypeScript file of the repository run under tsx, with its stdout and stderr collected. */
+export function spawnTsx(
+  script: string,
+  env: Record<string, string> = {},
+): Pick<ServerProc, 'child' | 'out' | 'exit'> {
+  const child = spawn(tsx, [script], {
     cwd: root,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -27,6 +31,11 @@ export function startServerProcess(env: Record<string, string>): ServerProc {
   child.stdout!.on('data', (b: Buffer) => out.push(b.toString()));
   child.stderr!.on('data', (b: Buffer) => out.push(b.toString()));
   const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, out, exit };
+}
+
+export function startServerProcess(env: Record<string, string>): ServerProc {
+  const { child, out, exit } = spawnTsx('src/server.ts', env);
   const port = (): number | undefined => {
     for (const line of out.join('').split('\n')) {
       if (line.includes('"listening"')) return (JSON.parse(line) as { port: number }).port;

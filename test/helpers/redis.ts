@@ -14,8 +14,7 @@ export function describeWithRedis(name: string, fn: () => void): void {
     return;
   }
   console.warn(`SKIPPED "${name}": redis-server is not installed (apt-get install redis-server)`);
-  // Skipped because redis-server is missing on this machine (said loudly above); CI installs it.
-  describe.skip(name, fn);
+  describe.skip(name, fn); // skipped: redis-server is not installed here (warned above); CI installs it
 }
 
 export interface RedisServer {

@@ -3,6 +3,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { simulateAnswer } from '../../src/simulator/answer';
+import { spawnTsx } from '../helpers/proc';
 import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
@@ -76,23 +77,12 @@ describe('the simulator after a client gives up', () => {
   // A stalled answer whose reader left must not hold a timer: a process (a test run) using the
   // simulator would wait for it before it could exit.
   it('a process whose stalled streams were hung up on exits at once', async () => {
-    const root = path.join(__dirname, '../..');
-    const child = spawn(
-      path.join(root, 'node_modules/.bin/tsx'),
-      ['test/fixtures/sim-give-up.ts'],
-      {
-        cwd: root,
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
-    );
-    let out = '';
-    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const { child, out, exit } = spawnTsx('test/fixtures/sim-give-up.ts');
     // The stalls are a minute long; the process gets 15 s in all, start-up included.
     const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    const code = await exited;
+    const code = await exit;
     clearTimeout(killer);
-    expect(out).toContain('closed');
+    expect(out.join('')).toContain('closed');
     expect(code).toBe(0);
   });
 });
