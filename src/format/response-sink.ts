@@ -47,8 +47,8 @@ export class ResponseSink {
 
   /**
    * Send the head (and the SSE preamble). With `deferHead`, they wait for the next flush(), which
-   * the caller promises within the same event-loop turn: the tokens read with the upstream's
-   * headers then go out in the same socket write.
+   * the caller promises with the first tokens or after a short hold: head and first tokens then
+   * go out in one socket write.
    */
   open(deferHead = false): void {
     const res = this.res;

@@ -53,7 +53,7 @@ export class StreamRecorder implements StreamListener {
   }
 
   open(): void {
-    // The engine flushes in this event-loop turn: the head goes out with the first tokens.
+    // The engine flushes with the first tokens (or after a short hold): the head goes with them.
     this.client?.open(true);
   }
 

@@ -136,7 +136,7 @@ class OpenAiStreamSink implements StreamListener {
       'X-Accel-Buffering': 'no',
       'X-Request-Id': this.requestId,
     });
-    // The head goes out with the first flush (the same event-loop turn): one write, not two.
+    // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
   }
   chunk(data: string): void {
     if (this.run !== undefined) this.closeRun();

@@ -15,9 +15,10 @@ import { ByteScan, interpret, interpretBytes, type DeltaSink, type Usage } from 
 
 export interface StreamListener {
   /**
-   * The upstream accepted the request (HTTP 200): the response may begin. A flush() follows in
-   * the same event-loop turn, so the listener may hold its head back and send it with the first
-   * tokens, when they came in the same read: one socket write instead of two.
+   * The upstream accepted the request (HTTP 200): the response may begin. A flush() follows at
+   * the end of the upstream read that brings the first token, or HEAD_HOLD_MS later if none
+   * came, so the listener may hold its head back and send it with the first tokens: one socket
+   * write instead of two.
    */
   open(): void;
   /** An answer token. Hot path: buffer it; flush() follows once per upstream read. */
@@ -82,6 +83,12 @@ const ABORT_HEADERS = Symbol('headers timeout');
 const ABORT_STOP = Symbol('stop');
 const MAX_ERROR_BODY = 16 * 1024;
 const FLUSH_NOW_BYTES = 64 * 1024;
+/**
+ * How long the response head may wait for the first token after the upstream's headers. The
+ * upstream sends its headers in a read of their own; written at once, the head is a socket write
+ * of its own too, on the path to the first token.
+ */
+export const HEAD_HOLD_MS = 20;
 
 export class ChatStream implements DeltaSink {
   readonly stats: StreamStats;
@@ -108,10 +115,18 @@ export class ChatStream implements DeltaSink {
   /** Something was handed to the listener since the last flush. */
   private dirty = false;
   private flushScheduled = false;
+  /** The first token is waiting: it is written at the end of the read that brought it. */
+  private firstPending = false;
+  /** Sends the head alone if no token came within HEAD_HOLD_MS of the upstream's headers. */
+  private headTimer: NodeJS.Timeout | undefined;
+  /** What the listener's end() threw, rethrown by the loop (a bug ends this stream only). */
+  private endError: unknown;
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
   private readonly flushNow = (): void => {
+    if (this.headTimer !== undefined) this.clearHead();
     this.flushScheduled = false;
+    this.firstPending = false;
     this.unflushed = 0;
     if (!this.dirty) return;
     this.dirty = false;
@@ -169,6 +184,7 @@ export class ChatStream implements DeltaSink {
     } finally {
       clearTimeout(total);
       this.clearIdle();
+      if (this.headTimer !== undefined) this.clearHead();
     }
   }
 
@@ -177,13 +193,12 @@ export class ChatStream implements DeltaSink {
     for (;;) {
       if (this.stopped) return;
       const result = await this.attempt();
-      if (this.stopped) return;
       if (result.ok) {
-        this.stats.outcome = 'completed';
-        this.stats.finishReason = this.finishReason ?? 'stop';
-        this.listener.end(this.stats.finishReason, this.usageSeen);
+        // The listener was told already, when the attempt settled (complete()).
+        if (this.endError !== undefined) throw this.endError;
         return;
       }
+      if (this.stopped) return;
       const { failure, error } = result;
       if (!this.sentToken) {
         // Before the first token nothing reached the client: a retry is invisible.
@@ -283,9 +298,8 @@ export class ChatStream implements DeltaSink {
     if (!this.opened) {
       this.opened = true;
       this.listener.open();
-      this.dirty = true;
-      this.flushScheduled = true;
-      setImmediate(this.flushNow);
+      this.headTimer = setTimeout(this.flushHead, HEAD_HOLD_MS);
+      this.headTimer.unref();
     }
     return this.consume(res.body, controller);
   }
@@ -323,7 +337,8 @@ export class ChatStream implements DeltaSink {
         // backpressure to act on.
         this.unflushed += buf.length;
         if (!this.dirty) return;
-        if (this.unflushed >= FLUSH_NOW_BYTES) this.flushNow();
+        // The first token goes out at the end of its read: it is what time to first token measures.
+        if (this.firstPending || this.unflushed >= FLUSH_NOW_BYTES) this.flushNow();
         else if (!this.flushScheduled) {
           this.flushScheduled = true;
           setImmediate(this.flushNow);
@@ -355,6 +370,7 @@ export class ChatStream implements DeltaSink {
           controller.abort(ABORT_STOP);
           body.destroy();
         }
+        if (r.ok) this.complete();
         resolve(r);
       };
       this.settle = finish;
@@ -464,7 +480,18 @@ export class ChatStream implements DeltaSink {
 
   private firstToken(): void {
     this.sentToken = true;
+    this.firstPending = true;
     this.stats.ttftMs = Date.now() - this.stats.startedAt;
+  }
+
+  private readonly flushHead = (): void => {
+    this.headTimer = undefined;
+    if (!this.stopped && !this.listener.flush()) this.pause();
+  };
+
+  private clearHead(): void {
+    clearTimeout(this.headTimer);
+    this.headTimer = undefined;
   }
 
   private canResume(f: Failure): boolean {
@@ -472,6 +499,22 @@ export class ChatStream implements DeltaSink {
     if (this.answerParts.length === 0 || this.stats.resumes >= this.s.upstreamResumeMax)
       return false;
     return isRetryable(f);
+  }
+
+  /**
+   * The answer finished: tell the listener now, inside the upstream read that brought the end,
+   * not a few promise turns later. Tokens still pending go out with the end in one write, and
+   * the end is not held behind the loop's awaits.
+   */
+  private complete(): void {
+    this.stats.outcome = 'completed';
+    this.stats.finishReason = this.finishReason ?? 'stop';
+    try {
+      this.listener.end(this.stats.finishReason, this.usageSeen);
+    } catch (err) {
+      // Thrown from inside a socket event: report it from the loop, as any other bug.
+      this.endError = err;
+    }
   }
 
   private finishFailed(err: ProxyError): void {

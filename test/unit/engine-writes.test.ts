@@ -1,0 +1,131 @@
+// When the engine asks its listener to write: the head waits for the first token (or a short
+// hold), the first token goes out at the end of the upstream read that brought it, and an answer
+// whose end arrives with its last tokens is told in that same read, so they leave in one write.
+
+import { PassThrough } from 'node:stream';
+import { testConfig } from '../../src/config';
+import { engineSettings } from '../../src/service';
+import { ChatStream, HEAD_HOLD_MS, type StreamListener } from '../../src/stream/chat-stream';
+import type { UpstreamClient } from '../../src/upstream/client';
+import type { UpstreamBody } from '../../src/upstream/request';
+
+const BODY: UpstreamBody = {
+  model: 'deepseek-v4-flash',
+  messages: [{ role: 'user', content: 'hi' }],
+  stream: true,
+};
+
+function chunk(delta: Record<string, unknown>, finish: string | null = null): string {
+  return `data: ${JSON.stringify({ id: 'c1', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+}
+
+/** A stream over a fake upstream whose body the test writes; every listener call in `log`. */
+function setup() {
+  const body = new PassThrough();
+  const log: string[] = [];
+  const client: UpstreamClient = {
+    post: () =>
+      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
+    close: () => undefined,
+  };
+  const listener: StreamListener = {
+    open: () => log.push('open'),
+    content: (t) => log.push(`content:${t}`),
+    reasoning: (t) => log.push(`reasoning:${t}`),
+    flush: () => {
+      log.push('flush');
+      return true;
+    },
+    end: (reason) => log.push(`end:${reason}`),
+    fail: (err) => log.push(`fail:${err.code}`),
+  };
+  const stream = new ChatStream(client, engineSettings(testConfig()), BODY, listener);
+  const done = stream.run();
+  return { body, log, done };
+}
+
+/** Resolve when `pred` holds, checking once per event-loop turn. */
+async function until(pred: () => boolean, what: string, ms = 2000): Promise<void> {
+  const t0 = Date.now();
+  while (!pred()) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+const turns = (n: number) =>
+  (async () => {
+    for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+  })();
+
+describe('engine: when the listener writes', () => {
+  it('holds the head past a read without a token, and flushes the first token in its own read', async () => {
+    const { body, log, done } = setup();
+    await until(() => log.includes('open'), 'open');
+    body.write(chunk({ role: 'assistant', content: '' }));
+    await turns(5);
+    expect(log).toEqual(['open']); // the role chunk brought no token: the head still waits
+
+    body.write(chunk({ content: 'Hel' }));
+    // A marker queued now runs at the next check phase: the old per-turn flush ran after it.
+    setImmediate(() => log.push('turn'));
+    await until(() => log.includes('turn'), 'the marker');
+    expect(log.slice(0, 4)).toEqual(['open', 'content:Hel', 'flush', 'turn']);
+
+    body.end(chunk({ content: 'lo' }, 'stop') + 'data: [DONE]\n\n');
+    await done;
+    expect(log.slice(4, 6)).toEqual(['content:lo', 'end:stop']);
+    expect(log.slice(6).every((e) => e === 'flush')).toBe(true); // after the end: no-ops
+  });
+
+  it('tells the end inside the read that brought it: tokens and end leave in one write', async () => {
+    const { body, log, done } = setup();
+    await until(() => log.includes('open'), 'open');
+    body.write(
+      chunk({ role: 'assistant', content: 'A' }) +
+        chunk({ content: 'B' }) +
+        chunk({ content: 'C' }, 'stop') +
+        'data: [DONE]\n\n',
+    );
+    await done;
+    // No flush before the end: the sink writes the pending tokens with the done event.
+    expect(log.slice(0, 5)).toEqual(['open', 'content:A', 'content:B', 'content:C', 'end:stop']);
+    expect(log.slice(5).every((e) => e === 'flush')).toBe(true);
+  });
+
+  it(`sends the head alone when no token came within ${HEAD_HOLD_MS} ms`, async () => {
+    const { body, log, done } = setup();
+    await until(() => log.includes('open'), 'open');
+    body.write(': keep-alive\n\n');
+    await until(() => log.includes('flush'), 'the held head', HEAD_HOLD_MS * 50);
+    expect(log).toEqual(['open', 'flush']);
+    body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
+    await done;
+    expect(log.slice(2, 4)).toEqual(['content:x', 'end:stop']);
+  });
+
+  it('reports a throwing end() as an internal error of this stream, not of the process', async () => {
+    const body = new PassThrough();
+    const log: string[] = [];
+    const client: UpstreamClient = {
+      post: () => Promise.resolve({ status: 200, headers: {}, body }),
+      close: () => undefined,
+    };
+    const stream = new ChatStream(client, engineSettings(testConfig()), BODY, {
+      open: () => log.push('open'),
+      content: () => undefined,
+      reasoning: () => undefined,
+      flush: () => true,
+      end: () => {
+        throw new Error('bug in end');
+      },
+      fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
+    });
+    const done = stream.run();
+    await until(() => log.includes('open'), 'open');
+    body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
+    await done;
+    expect(log).toEqual(['open', 'fail:internal_error:true']);
+    expect(stream.stats.outcome).toBe('failed');
+  });
+});
