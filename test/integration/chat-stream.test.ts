@@ -1,6 +1,7 @@
 // The core path: /chat-stream in text and SSE relays exactly the simulator's answer, under every
 // wire condition the simulator can produce.
 
+import http from 'node:http';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
 
@@ -94,6 +95,37 @@ describe('SSE mode', () => {
     // Reasoning comes before the answer, as DeepSeek sends it.
     const firstMessage = events.findIndex((e) => e.event === 'message');
     expect(events.slice(firstMessage).some((e) => e.event === 'reasoning')).toBe(false);
+  });
+
+  // The head waits for the first token for at most HEAD_HOLD_MS (20 ms): a slow first token, or
+  // DeepSeek's keep-alive comments while queued, must not hold it back for long.
+  it.each([
+    ['silence', 'stall-first=400'],
+    ['keep-alive comments', 'queue=400 ka=50'],
+  ])('sends the head alone when the first token is late (%s)', async (_name, directive) => {
+    const prompt = `late first token ${directive} [[tokens=3 ${directive}]]`;
+    const t0 = Date.now();
+    const seen = await new Promise<{ head: number; token: number; before: string }>(
+      (resolve, reject) => {
+        let head = 0;
+        let before = '';
+        const req = http.get(stack.url + q(prompt, '&format=sse'), { agent: false }, (res) => {
+          head = Date.now() - t0;
+          res.on('data', (c: Buffer) => {
+            const text = c.toString('utf8');
+            if (!text.includes('"content"')) before += text;
+            else if (!req.destroyed) {
+              resolve({ head, token: Date.now() - t0, before });
+              req.destroy();
+            }
+          });
+        });
+        req.on('error', reject);
+      },
+    );
+    // The simulator waits 400 ms before the first token; the head came well before it.
+    expect(seen.token - seen.head).toBeGreaterThanOrEqual(200);
+    expect(seen.before.startsWith('retry: 3000\n\n')).toBe(true);
   });
 
   it('is chosen by Accept: text/event-stream, and format=text wins over Accept', async () => {
