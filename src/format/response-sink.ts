@@ -220,7 +220,10 @@ export class ResponseSink {
   }
 
   private tick(): void {
-    if (!this.wroteSinceTick && this.frames.ping !== null && !this.closed) {
+    if (this.headPending) {
+      // Still held for the first token after a whole heartbeat: the head and preamble go first.
+      this.flush();
+    } else if (!this.wroteSinceTick && this.frames.ping !== null && !this.closed) {
       this.res.write(this.frames.ping);
     }
     this.wroteSinceTick = false;

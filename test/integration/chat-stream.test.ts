@@ -128,6 +128,22 @@ describe('SSE mode', () => {
     expect(seen.before.startsWith('retry: 3000\n\n')).toBe(true);
   });
 
+  it('leads with the head and the retry field even when a heartbeat is due first', async () => {
+    const fast = await startStack({ heartbeatMs: 5 });
+    try {
+      const res = await request(
+        fast.url + q('ping before head [[tokens=2 stall-first=100]]', '&format=sse'),
+      );
+      expect(res.status).toBe(200);
+      expect(res.body.startsWith('retry: 3000\n\n')).toBe(true);
+      const { comments, events } = parseSse(res.body);
+      expect(comments.length).toBeGreaterThan(0); // the pings did go out, after the head
+      expect(events.at(-1)?.event).toBe('done');
+    } finally {
+      await fast.close();
+    }
+  });
+
   it('is chosen by Accept: text/event-stream, and format=text wins over Accept', async () => {
     const byAccept = await request(stack.url + q('accept sse'), {
       headers: { accept: 'text/event-stream' },

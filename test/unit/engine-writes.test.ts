@@ -1,6 +1,7 @@
 // When the engine asks its listener to write: the head waits for the first token (or a short
-// hold), the first token goes out at the end of the upstream read that brought it, and an answer
-// whose end arrives with its last tokens is told in that same read, so they leave in one write.
+// hold), the first token goes out at the end of the upstream read that brought it (later ones once
+// per event-loop turn), and an answer whose end arrives with its last tokens is told in that same
+// read, so they leave in one write.
 
 import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
@@ -44,22 +45,28 @@ function setup() {
   return { body, log, done };
 }
 
-/** Resolve when `pred` holds, checking once per event-loop turn. */
-async function until(pred: () => boolean, what: string, ms = 2000): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+/** Resolve when `pred` holds, checking once per event-loop turn (timers are fake here). */
+async function until(pred: () => boolean, what: string, turns = 200): Promise<void> {
+  for (let i = 0; !pred(); i++) {
+    if (i >= turns) throw new Error(`no ${what} after ${turns} event-loop turns`);
     await new Promise((r) => setImmediate(r));
   }
 }
 
-const turns = (n: number) =>
-  (async () => {
-    for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
-  })();
+const turns = (n: number) => until(() => false, '', n).catch(() => undefined);
+
+// The engine's timers (the head hold among them) run only when a test advances them; the
+// event loop itself (setImmediate, nextTick) is real. A PassThrough in flowing mode emits 'data'
+// inside write(), so what the engine does within one upstream read is done when write() returns.
+beforeEach(() => {
+  jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+});
+afterEach(() => {
+  jest.useRealTimers();
+});
 
 describe('engine: when the listener writes', () => {
-  it('holds the head past a read without a token, and flushes the first token in its own read', async () => {
+  it('holds the head past a read without a token, and writes the first token within its read', async () => {
     const { body, log, done } = setup();
     await until(() => log.includes('open'), 'open');
     body.write(chunk({ role: 'assistant', content: '' }));
@@ -67,15 +74,18 @@ describe('engine: when the listener writes', () => {
     expect(log).toEqual(['open']); // the role chunk brought no token: the head still waits
 
     body.write(chunk({ content: 'Hel' }));
-    // A marker queued now runs at the next check phase: the old per-turn flush ran after it.
-    setImmediate(() => log.push('turn'));
-    await until(() => log.includes('turn'), 'the marker');
-    expect(log.slice(0, 4)).toEqual(['open', 'content:Hel', 'flush', 'turn']);
+    // Within the read: the per-turn flush would come later, from setImmediate.
+    expect(log).toEqual(['open', 'content:Hel', 'flush']);
 
-    body.end(chunk({ content: 'lo' }, 'stop') + 'data: [DONE]\n\n');
+    body.write(chunk({ content: 'lo' }));
+    expect(log).toEqual(['open', 'content:Hel', 'flush', 'content:lo']); // later tokens: per turn
+    await until(() => log.length === 5, 'the per-turn flush');
+    expect(log[4]).toBe('flush');
+
+    body.end(chunk({ content: '!' }, 'stop') + 'data: [DONE]\n\n');
     await done;
-    expect(log.slice(4, 6)).toEqual(['content:lo', 'end:stop']);
-    expect(log.slice(6).every((e) => e === 'flush')).toBe(true); // after the end: no-ops
+    expect(log.slice(5, 7)).toEqual(['content:!', 'end:stop']);
+    expect(log.slice(7).every((e) => e === 'flush')).toBe(true); // after the end: no-ops
   });
 
   it('tells the end inside the read that brought it: tokens and end leave in one write', async () => {
@@ -87,17 +97,21 @@ describe('engine: when the listener writes', () => {
         chunk({ content: 'C' }, 'stop') +
         'data: [DONE]\n\n',
     );
-    await done;
-    // No flush before the end: the sink writes the pending tokens with the done event.
+    // Told within the read, and before any flush: the sink writes the pending tokens with the
+    // done event. (The engine before told it a few promise turns later.)
     expect(log.slice(0, 5)).toEqual(['open', 'content:A', 'content:B', 'content:C', 'end:stop']);
     expect(log.slice(5).every((e) => e === 'flush')).toBe(true);
+    await done;
   });
 
   it(`sends the head alone when no token came within ${HEAD_HOLD_MS} ms`, async () => {
     const { body, log, done } = setup();
     await until(() => log.includes('open'), 'open');
-    body.write(': keep-alive\n\n');
-    await until(() => log.includes('flush'), 'the held head', HEAD_HOLD_MS * 50);
+    body.write(': keep-alive\n\n'); // a read, but no token
+    await turns(3);
+    jest.advanceTimersByTime(HEAD_HOLD_MS - 1);
+    expect(log).toEqual(['open']);
+    jest.advanceTimersByTime(1);
     expect(log).toEqual(['open', 'flush']);
     body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
     await done;
