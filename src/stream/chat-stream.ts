@@ -124,7 +124,7 @@ export class ChatStream implements DeltaSink {
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
   private readonly flushNow = (): void => {
-    if (this.headTimer !== undefined) this.clearHead();
+    this.clearHead();
     this.flushScheduled = false;
     this.firstPending = false;
     this.unflushed = 0;
@@ -184,7 +184,7 @@ export class ChatStream implements DeltaSink {
     } finally {
       clearTimeout(total);
       this.clearIdle();
-      if (this.headTimer !== undefined) this.clearHead();
+      this.clearHead();
     }
   }
 
@@ -490,6 +490,7 @@ export class ChatStream implements DeltaSink {
   };
 
   private clearHead(): void {
+    if (this.headTimer === undefined) return;
     clearTimeout(this.headTimer);
     this.headTimer = undefined;
   }

@@ -20,8 +20,11 @@ function chunk(delta: Record<string, unknown>, finish: string | null = null): st
   return `data: ${JSON.stringify({ id: 'c1', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
 }
 
-/** A stream over a fake upstream whose body the test writes; every listener call in `log`. */
-function setup() {
+/**
+ * A stream over a fake upstream whose body the test writes; every listener call in `log`, unless
+ * `override` replaces it (it may log too).
+ */
+function setup(override: (log: string[]) => Partial<StreamListener> = () => ({})) {
   const body = new PassThrough();
   const log: string[] = [];
   const client: UpstreamClient = {
@@ -39,10 +42,11 @@ function setup() {
     },
     end: (reason) => log.push(`end:${reason}`),
     fail: (err) => log.push(`fail:${err.code}`),
+    ...override(log),
   };
   const stream = new ChatStream(client, engineSettings(testConfig()), BODY, listener);
   const done = stream.run();
-  return { body, log, done };
+  return { body, log, done, stream };
 }
 
 /** Resolve when `pred` holds, checking once per event-loop turn (timers are fake here). */
@@ -53,7 +57,9 @@ async function until(pred: () => boolean, what: string, turns = 200): Promise<vo
   }
 }
 
-const turns = (n: number) => until(() => false, '', n).catch(() => undefined);
+async function turns(n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+}
 
 // The engine's timers (the head hold among them) run only when a test advances them; the
 // event loop itself (setImmediate, nextTick) is real. A PassThrough in flowing mode emits 'data'
@@ -119,27 +125,20 @@ describe('engine: when the listener writes', () => {
   });
 
   it('reports a throwing end() as an internal error of this stream, not of the process', async () => {
-    const body = new PassThrough();
-    const log: string[] = [];
-    const client: UpstreamClient = {
-      post: () => Promise.resolve({ status: 200, headers: {}, body }),
-      close: () => undefined,
-    };
-    const stream = new ChatStream(client, engineSettings(testConfig()), BODY, {
-      open: () => log.push('open'),
-      content: () => undefined,
-      reasoning: () => undefined,
-      flush: () => true,
+    const { body, log, done, stream } = setup((log) => ({
       end: () => {
         throw new Error('bug in end');
       },
       fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
-    });
-    const done = stream.run();
+    }));
     await until(() => log.includes('open'), 'open');
     body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
     await done;
-    expect(log).toEqual(['open', 'fail:internal_error:true']);
+    expect(log.filter((e) => e !== 'flush')).toEqual([
+      'open',
+      'content:x',
+      'fail:internal_error:true',
+    ]);
     expect(stream.stats.outcome).toBe('failed');
   });
 });
