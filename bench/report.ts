@@ -6,7 +6,15 @@ import fs from 'node:fs';
 import type { WindowProfile } from './profile';
 import type { Machine } from './proc';
 import type { Scenario, Target } from './scenarios';
-import { derive, fmt, MEM_MIN_OPEN, type Derived, type Measurement } from './stats';
+import {
+  derive,
+  fmt,
+  MEM_MIN_OPEN,
+  roundRatios,
+  type Derived,
+  type Measurement,
+  type RoundFigure,
+} from './stats';
 
 export interface RunInfo {
   command: string;
@@ -139,12 +147,15 @@ function results(info: RunInfo): string {
     target: string,
     pick: (d: ReturnType<typeof derive>) => number,
     limit: number,
+    perRound?: RoundFigure,
   ): string => {
     const p = find(info, scenario, target);
     const b = find(info, scenario, 'baseline', p?.variant);
     if (!p || !b) return 'not run';
     const r = pick(derive(p)) / pick(derive(b));
-    return `${fmt.ratio(r)} ${r <= limit ? 'pass' : '**FAIL**'}`;
+    const each = perRound ? roundRatios(p, b, perRound) : [];
+    const spread = each.length ? ` (rounds: ${each.map((x) => x.toFixed(2)).join(', ')})` : '';
+    return `${fmt.ratio(r)} ${r <= limit ? 'pass' : '**FAIL**'}${spread}`;
   };
   const framingOk = (target: string): string => {
     const ms = info.measurements.filter((x) => x.scenario === 'framing' && x.target === target);
@@ -158,9 +169,13 @@ function results(info: RunInfo): string {
     [
       'CPU per token (throughput)',
       '<= 1.5x (goal 1.2x)',
-      (t: string) => ratio('throughput', t, (d) => d.cpuUsPerToken, 1.5),
+      (t: string) => ratio('throughput', t, (d) => d.cpuUsPerToken, 1.5, 'cpu'),
     ],
-    ['TTFT p50 (latency)', '<= 1.3x', (t: string) => ratio('latency', t, (d) => d.ttftP50, 1.3)],
+    [
+      'TTFT p50 (latency)',
+      '<= 1.3x',
+      (t: string) => ratio('latency', t, (d) => d.ttftP50, 1.3, 'ttft'),
+    ],
     [
       'TTFT p99 (many slow streams)',
       '<= 1.2x',
@@ -189,7 +204,7 @@ function results(info: RunInfo): string {
     'CPU per token with the Redis journal (throughput)',
     '<= 2x',
     ...proxyTargets.map(() => (redisTargets.length ? 'n/a' : 'not run')),
-    ...redisTargets.map((t) => ratio('throughput', t.key, (d) => d.cpuUsPerToken, 2)),
+    ...redisTargets.map((t) => ratio('throughput', t.key, (d) => d.cpuUsPerToken, 2, 'cpu')),
   ]);
   out.push(
     table(['check', 'target', ...[...proxyTargets, ...redisTargets].map((t) => t.label)], rows),

@@ -39,6 +39,8 @@ import {
   emptyMeasurement,
   fmt,
   MEM_MIN_OPEN,
+  percentile,
+  roundRatios,
   type Measurement,
 } from './stats';
 
@@ -286,7 +288,14 @@ async function measureOnce(
   // Redis is ours too: its CPU is not "other load" on the machine.
   const ours = others.reduce((s, c) => s + delta(c), 0) + result.generatorCpuMicros + redisUs;
 
+  const tokensBefore = m.tokens;
+  const ttftBefore = m.ttftMs.length;
   addResults(m, result.results);
+  (m.perRound ??= []).push({
+    cpuUs: delta(server),
+    tokens: m.tokens - tokensBefore,
+    ttftP50: percentile(m.ttftMs.slice(ttftBefore), 50),
+  });
   m.rounds++;
   m.wallMs += result.wallMs;
   m.cpuUs += delta(server);
@@ -348,6 +357,11 @@ function serverFor(stack: Stack, t: Target): Child {
   return c;
 }
 
+/** Per-round ratios, for the console line: ` [rounds 1.52 1.61]`, or ''. */
+function rounds(ratios: number[]): string {
+  return ratios.length ? ` [rounds ${ratios.map((x) => x.toFixed(2)).join(' ')}]` : '';
+}
+
 function printMeasurement(m: Measurement, base: Measurement | undefined): void {
   const d = derive(m);
   const b = base && base !== m ? derive(base) : undefined;
@@ -362,6 +376,7 @@ function printMeasurement(m: Measurement, base: Measurement | undefined): void {
       ` | ${fmt.int(d.tokensPerSec)} tok/s` +
       ` | syscalls/stream r ${(m.readCalls / m.streams).toFixed(1)} w ${(m.writeCalls / m.streams).toFixed(1)}` +
       ` | cpu ${fmt.us(d.cpuUsPerToken)}${r(d.cpuUsPerToken, b?.cpuUsPerToken)} µs/tok` +
+      (b ? rounds(roundRatios(m, base!, 'cpu')) : '') +
       // Said next to the proxy's figure, so the journal's cost in Redis is not mistaken as absent.
       (m.redisCpuUs !== undefined
         ? ` (+ redis-server ${fmt.us(m.redisCpuUs / Math.max(1, m.tokens))} µs/tok, not in the ratio)`

@@ -49,6 +49,12 @@ export interface Measurement {
   probeStreams: number;
   probeFailures: number;
   probeTokensLost: number;
+  /**
+   * Per round, in round order (absent in runs before 2026-11-29 12:40): the serving child's CPU
+   * time (µs), the tokens delivered and the TTFT p50 (ms). Round i of a proxy target and round i
+   * of the baseline ran next to each other, so their ratios show the run-to-run spread.
+   */
+  perRound?: Array<{ cpuUs: number; tokens: number; ttftP50: number }>;
   /** Connections the kernel dropped from a full accept queue during the runs (should be 0). */
   listenDrops: number;
 }
@@ -177,6 +183,22 @@ export function derive(m: Measurement): Derived {
     peakOpen: Math.max(...m.peakOpen),
     foreignCores: m.wallMs > 0 ? m.foreignCpuUs / 1000 / m.wallMs : 0,
   };
+}
+
+export type RoundFigure = 'cpu' | 'ttft';
+
+/**
+ * The ratio of `m` to `base` round by round (CPU per token or TTFT p50), or [] when either lacks
+ * per-round figures or they ran a different number of rounds. The pooled ratio hides how far
+ * runs of the same code move; these show it.
+ */
+export function roundRatios(m: Measurement, base: Measurement, what: RoundFigure): number[] {
+  const a = m.perRound;
+  const b = base.perRound;
+  if (!a || !b || a.length !== b.length || a.length < 2) return [];
+  const value = (r: { cpuUs: number; tokens: number; ttftP50: number }) =>
+    what === 'cpu' ? r.cpuUs / Math.max(1, r.tokens) : r.ttftP50;
+  return a.map((r, i) => value(r) / value(b[i]!));
 }
 
 export const fmt = {
