@@ -239,6 +239,7 @@ class OpenAiAggregateSink implements StreamListener {
   ) {}
 
   open(): void {}
+  /** The interpreter passes only chunks that parsed; a shape we cannot use fails the stream. */
   chunk(data: string): void {
     const c = JSON.parse(data) as {
       id?: string;
@@ -261,7 +262,12 @@ class OpenAiAggregateSink implements StreamListener {
     if (!d) return;
     if (typeof d.content === 'string') this.answer += d.content;
     if (typeof d.reasoning_content === 'string') this.reasoningText += d.reasoning_content;
-    for (const t of d.tool_calls ?? []) {
+    const calls = d.tool_calls ?? [];
+    if (!Array.isArray(calls)) throw badChunk('tool_calls is not an array');
+    for (const t of calls) {
+      if (typeof t !== 'object' || t === null || !isSlot(t.index)) {
+        throw badChunk('a tool call without a valid index');
+      }
       const slot = (this.toolCalls[t.index] ??= {
         index: t.index,
         function: { name: '', arguments: '' },
@@ -326,4 +332,13 @@ function sendJsonError(
   if (err.retryAfterS !== undefined) headers['Retry-After'] = String(err.retryAfterS);
   res.writeHead(err.status, headers);
   res.end(JSON.stringify(openAiErrorBody(err, requestId)));
+}
+
+function badChunk(what: string): ProxyError {
+  return new ProxyError('upstream_protocol_error', `malformed upstream chunk: ${what}`);
+}
+
+/** A tool call's index: a small non-negative integer (the answer is assembled by index). */
+function isSlot(i: unknown): i is number {
+  return Number.isInteger(i) && (i as number) >= 0 && (i as number) < 256;
 }

@@ -308,20 +308,19 @@ export class ChatStream implements DeltaSink {
     return new Promise<AttemptResult>((resolve) => {
       // Tokens are read straight from the bytes (interpretBytes), unless the format forwards
       // chunks and can only take them as text.
-      const scan =
-        this.forwardChunks && this.listener.chunkBytes === undefined ? undefined : new ByteScan();
+      const bytePath = !this.forwardChunks || this.listener.chunkBytes !== undefined;
+      const scan = new ByteScan();
       const decoder = createSseDecoder(
         {
           onEvent: (data) => {
-            if (this.settle === finish) interpret(data, this);
+            if (this.settle === finish) interpret(data, this, scan);
           },
           onOverflow: (n) => this.invalid(`upstream event larger than ${n} characters`),
-          onDataBytes:
-            scan === undefined
-              ? undefined
-              : (buf, start, end) => {
-                  if (this.settle === finish) interpretBytes(buf, start, end, scan, this);
-                },
+          onDataBytes: !bytePath
+            ? undefined
+            : (buf, start, end) => {
+                if (this.settle === finish) interpretBytes(buf, start, end, scan, this);
+              },
         },
         this.s.maxEventBytes,
       );
@@ -329,8 +328,20 @@ export class ChatStream implements DeltaSink {
         // Hot path: one read from the upstream socket. Keep-alive comments count as liveness.
         this.idleTimer?.refresh();
         this.stats.bytesIn += buf.length;
-        decoder.feed(buf);
-        scan?.clear(); // its searches remember positions in this buffer only
+        try {
+          decoder.feed(buf);
+        } catch (err) {
+          // Thrown by a listener from inside a socket event: it ends this stream only, with the
+          // listener's ProxyError (a chunk it could not use) or as a bug.
+          scan.clear();
+          finish(
+            err instanceof ProxyError
+              ? { ok: false, failure: { kind: 'protocol' }, error: err }
+              : internalFailure(err),
+          );
+          return;
+        }
+        scan.clear(); // its searches remember positions in this buffer only
         // One client write per event-loop turn, not per upstream chunk: DeepSeek sends a chunk
         // per event, and a write per chunk made writev the top item of the profile.
         // Past 64 KiB read since the last write, write now: the buffer stays small for
@@ -349,8 +360,14 @@ export class ChatStream implements DeltaSink {
         if (this.finishReason !== undefined) finish({ ok: true });
         else finish(this.resetFailure('the upstream closed the stream before the answer finished'));
       };
+      // After finish_reason the answer is whole: a connection that breaks (or goes quiet)
+      // before `[DONE]` ends it normally, never through a retry or a continuation.
       const onError = () =>
-        finish(this.resetFailure('the upstream connection broke during the answer'));
+        finish(
+          this.finishReason !== undefined
+            ? { ok: true }
+            : this.resetFailure('the upstream connection broke during the answer'),
+        );
       const onClose = () => {
         if (!body.readableEnded) onError();
       };
@@ -389,6 +406,12 @@ export class ChatStream implements DeltaSink {
     if (this.paused) {
       // Our reader is slow, not the upstream: no bytes can arrive while we hold the socket.
       this.idleTimer?.refresh();
+      return;
+    }
+    if (this.finishReason !== undefined) {
+      // The answer is whole and only `[DONE]` is missing: let go of the socket (its close ends
+      // the attempt as a success), do not wait on it.
+      this.upstreamBody?.destroy();
       return;
     }
     this.settle?.({
@@ -607,14 +630,8 @@ export class ChatStream implements DeltaSink {
         error: new ProxyError('upstream_unavailable', `cannot connect to the upstream (${code})`),
       };
     }
-    if (code === '' && !isAxiosError(err)) {
-      // Not a network failure: a bug. End this stream only; retrying would repeat it.
-      return {
-        ok: false,
-        failure: { kind: 'internal' },
-        error: new ProxyError('internal_error', 'internal error', { cause: err }),
-      };
-    }
+    // Not a network failure: a bug. End this stream only; retrying would repeat it.
+    if (code === '' && !isAxiosError(err)) return internalFailure(err);
     return this.resetFailure(`the upstream connection failed (${code || 'unknown'})`);
   }
 
@@ -676,6 +693,15 @@ const CONNECT_CODES = new Set([
 ]);
 
 function noop(): void {}
+
+/** A bug of ours (or a listener's): ends this stream only; a retry would repeat it. */
+function internalFailure(err: unknown): AttemptResult {
+  return {
+    ok: false,
+    failure: { kind: 'internal' },
+    error: new ProxyError('internal_error', 'internal error', { cause: err }),
+  };
+}
 
 function errorCodeOf(err: unknown): string {
   let e: unknown = err;

@@ -63,15 +63,28 @@ function stringEnd(s: string, from: number): number {
 }
 
 /** The token of a plain content or reasoning chunk, or undefined to take the slow path. */
-function fastToken(data: string, mark: string): string | undefined {
+function fastToken(data: string, mark: string, scan: ByteScan | undefined): string | undefined {
   const at = data.indexOf(mark);
   if (at === -1) return undefined;
   const start = at + mark.length;
   const end = stringEnd(data, start);
-  // The delta must hold nothing else, the chunk must not finish, and it must look complete.
-  if (end === -1 || data.charCodeAt(end + 1) !== 125 /* } */) return undefined;
-  if (data.indexOf(NOT_FINISHED, end) === -1 || data.charCodeAt(data.length - 1) !== 125) {
-    return undefined;
+  if (end === -1) return undefined;
+  const env = scan?.text;
+  const known =
+    env !== undefined &&
+    start === env.head.length &&
+    data.length - end === env.tail.length &&
+    data.startsWith(env.head) &&
+    data.endsWith(env.tail);
+  if (!known) {
+    // The delta must hold nothing else, the chunk must not finish, and it must look complete.
+    if (data.charCodeAt(end + 1) !== 125 /* } */) return undefined;
+    if (data.indexOf(NOT_FINISHED, end) === -1 || data.charCodeAt(data.length - 1) !== 125) {
+      return undefined;
+    }
+    // A new envelope: well-formed JSON, or the slow path reports it.
+    if (!isJson(data)) return undefined;
+    if (scan) scan.text = { head: data.slice(0, start), tail: data.slice(end) };
   }
   const raw = data.slice(start, end);
   if (raw.indexOf('\\') === -1) return raw;
@@ -121,12 +134,26 @@ export class ByteFinder {
 }
 
 /**
- * Per stream: the searches of interpretBytes, remembered within one buffer. clear() before a
- * buffer's bytes may change (the caller reuses it) and whenever convenient after a feed.
+ * Per stream: the searches of interpretBytes, remembered within one buffer (clear() before a
+ * buffer's bytes may change, and whenever convenient after a feed), and the envelope of the last
+ * token chunk checked by a full parse.
+ *
+ * The fast paths read the token without parsing the chunk, so on their own they would take a
+ * chunk with a broken envelope (`{"id":"x",BROKEN,"choices":[...]}`) as a token, where the SPEC
+ * wants an upstream_protocol_error. DeepSeek's token chunks within one answer differ only in the
+ * token: the text before the token literal (through its opening quote) and after it (from its
+ * closing quote) repeat. So the first chunk of each envelope is parsed in full, and a later chunk
+ * whose envelope is byte for byte the same is well-formed without a parse: one comparison per
+ * token, no parse.
  */
 export class ByteScan {
   readonly brace = new ByteFinder(123 /* { */);
   readonly notFinished = new ByteFinder(NOT_FINISHED_BYTES);
+  /** The checked envelope, as bytes (interpretBytes)... */
+  head: Buffer | undefined;
+  tail: Buffer | undefined;
+  /** ...and as text (interpret). */
+  text: { head: string; tail: string } | undefined;
 
   clear(): void {
     this.brace.clear();
@@ -157,7 +184,7 @@ export function interpretBytes(
         p += REASONING_REST.length;
         reasoning = true;
       } else break;
-      const text = tokenAt(buf, p, end, scan);
+      const text = tokenAt(buf, start, p, end, scan);
       if (text === undefined) break;
       sink.chunkBytes?.(buf, start, end);
       if (text.length > 0) {
@@ -168,7 +195,7 @@ export function interpretBytes(
     }
     brace = scan.brace.find(buf, brace + 1);
   }
-  interpret(buf.toString('utf8', start, end), sink);
+  interpret(buf.toString('utf8', start, end), sink, scan);
 }
 
 /** `what` at buf[p...]; false past the end of buf. */
@@ -178,8 +205,17 @@ function hasAt(buf: Buffer, p: number, what: Buffer): boolean {
   return true;
 }
 
-/** As fastToken: the string literal from `p`, if the chunk is a plain unfinished token. */
-function tokenAt(buf: Buffer, p: number, end: number, scan: ByteScan): string | undefined {
+/**
+ * As fastToken: the string literal from `p`, if the event `buf[start, end)` is a plain
+ * unfinished token chunk with a well-formed envelope.
+ */
+function tokenAt(
+  buf: Buffer,
+  start: number,
+  p: number,
+  end: number,
+  scan: ByteScan,
+): string | undefined {
   let q = p;
   let escaped = false;
   for (;;) {
@@ -192,11 +228,26 @@ function tokenAt(buf: Buffer, p: number, end: number, scan: ByteScan): string | 
     }
     q++;
   }
-  if (buf[q + 1] !== 125 /* } */ || buf[end - 1] !== 125) return undefined;
-  const tail = end - USUAL_END.length;
-  if (!(tail > q && hasAt(buf, tail, USUAL_END))) {
-    const nf = scan.notFinished.find(buf, q);
-    if (nf === -1 || nf + NOT_FINISHED_BYTES.length > end) return undefined;
+  const head = scan.head;
+  const tail = scan.tail;
+  const known =
+    head !== undefined &&
+    tail !== undefined &&
+    p - start === head.length &&
+    end - q === tail.length &&
+    head.compare(buf, start, p) === 0 &&
+    tail.compare(buf, q, end) === 0;
+  if (!known) {
+    if (buf[q + 1] !== 125 /* } */ || buf[end - 1] !== 125) return undefined;
+    const usual = end - USUAL_END.length;
+    if (!(usual > q && hasAt(buf, usual, USUAL_END))) {
+      const nf = scan.notFinished.find(buf, q);
+      if (nf === -1 || nf + NOT_FINISHED_BYTES.length > end) return undefined;
+    }
+    // A new envelope: well-formed JSON, or the slow path reports it. Copied: `buf` is Node's.
+    if (!isJson(buf.toString('utf8', start, end))) return undefined;
+    scan.head = Buffer.from(buf.subarray(start, p));
+    scan.tail = Buffer.from(buf.subarray(q, end));
   }
   const raw = buf.toString('utf8', p, q);
   if (!escaped) return raw;
@@ -207,15 +258,18 @@ function tokenAt(buf: Buffer, p: number, end: number, scan: ByteScan): string | 
   }
 }
 
-/** Interpret one event's data. Hot path: no full parse for plain token chunks. */
-export function interpret(data: string, sink: DeltaSink): void {
-  const text = fastToken(data, CONTENT_MARK);
+/**
+ * Interpret one event's data. Hot path: no full parse for plain token chunks whose envelope was
+ * checked before (`scan`, per stream; without it every chunk is checked).
+ */
+export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void {
+  const text = fastToken(data, CONTENT_MARK, scan);
   if (text !== undefined) {
     sink.chunk(data);
     if (text.length > 0) sink.content(text);
     return;
   }
-  const thought = fastToken(data, REASONING_MARK);
+  const thought = fastToken(data, REASONING_MARK, scan);
   if (thought !== undefined) {
     sink.chunk(data);
     if (thought.length > 0) sink.reasoning(thought);
@@ -257,6 +311,15 @@ export function interpret(data: string, sink: DeltaSink): void {
   }
   const f = choice.finish_reason;
   if (typeof f === 'string') sink.finish(f, chunk.usage ?? undefined);
+}
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function describeBad(data: string): string {

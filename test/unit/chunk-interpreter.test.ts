@@ -129,10 +129,11 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     `${head}{"content":null,"reasoning_content":${JSON.stringify(t)}},"logprobs":null,"finish_reason":null}]}`;
 
   /** Each data string as one line of one buffer (as the decoder hands them over). */
-  function both(data: string[]): { text: Call[]; bytes: Call[] } {
+  function both(data: string[], textScan?: ByteScan): { text: Call[]; bytes: Call[] } {
     const text: Call[] = [];
     // What the decoder would hand over: the text of the bytes (a lone surrogate is U+FFFD there).
-    for (const d of data) interpret(Buffer.from(d, 'utf8').toString('utf8'), recorder(text));
+    for (const d of data)
+      interpret(Buffer.from(d, 'utf8').toString('utf8'), recorder(text), textScan);
     const bytes: Call[] = [];
     const buf = Buffer.from(data.map((d) => `data: ${d}\n\n`).join(''), 'utf8');
     const scan = new ByteScan();
@@ -145,6 +146,23 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     }
     return { text, bytes };
   }
+
+  it('a token chunk with a broken envelope is invalid, never a token (envelope kept per stream)', () => {
+    const broken = (t: string) => token(t).replace('"created":1,', '"created":1,BROKEN,');
+    const later = (t: string) => token(t).replace('"created":1,', '"created":2,');
+    const data = [token('a'), token('b'), broken('x'), token('c'), later('d'), broken('y')];
+    const { text, bytes } = both(data, new ByteScan());
+    const expected = [
+      ['content', 'a'],
+      ['content', 'b'],
+      ['invalid', expect.stringContaining('malformed upstream event')],
+      ['content', 'c'],
+      ['content', 'd'],
+      ['invalid', expect.stringContaining('malformed upstream event')],
+    ];
+    expect(text).toEqual(expected);
+    expect(bytes).toEqual(expected);
+  });
 
   it('tokens, reasoning, escapes, multi-byte text, finish, usage, [DONE]', () => {
     const data = [

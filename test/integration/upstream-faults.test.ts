@@ -1,0 +1,120 @@
+// Upstream behaviour the simulator does not script, from a fake DeepSeek written chunk by chunk:
+// a token chunk whose envelope is broken, chunk shapes the non-stream /v1 answer cannot use, and
+// an answer that finished (finish_reason) before the connection broke or went quiet.
+
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
+
+const HEAD =
+  '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"deepseek-chat",' +
+  '"system_fingerprint":"fp","choices":[{"index":0,"delta":';
+const line = (delta: string, finish = 'null', extra = '') =>
+  `data: ${HEAD}${delta},"logprobs":null,"finish_reason":${finish}}]${extra}}\n\n`;
+const token = (t: string) => line(`{"content":${JSON.stringify(t)}}`);
+const ROLE = line('{"role":"assistant","content":""}');
+const FINISH = line('{"content":""}', '"stop"', ',"usage":{"total_tokens":3}');
+
+/** What the fake sends for a prompt containing each key; `then` decides how the body ends. */
+const SCRIPTS: Record<string, { chunks: string[]; then: 'done' | 'reset' | 'stall' }> = {
+  'broken-envelope': {
+    chunks: [
+      ROLE,
+      token('A'),
+      token('hi').replace('"created":1,', '"created":1,BROKEN,'),
+      token('B'),
+      FINISH,
+    ],
+    then: 'done',
+  },
+  'tool-calls-not-array': {
+    chunks: [ROLE, line('{"tool_calls":5}'), FINISH],
+    then: 'done',
+  },
+  'finish-then-reset': { chunks: [ROLE, token('A'), token('B'), FINISH], then: 'reset' },
+  'finish-then-stall': { chunks: [ROLE, token('A'), token('B'), FINISH], then: 'stall' },
+};
+
+let upstream: http.Server;
+const paths: string[] = [];
+let stack: Stack;
+
+beforeAll(async () => {
+  upstream = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      paths.push(req.url ?? '');
+      const key = Object.keys(SCRIPTS).find((k) => body.includes(k));
+      const script = key === undefined ? undefined : SCRIPTS[key]!;
+      if (!script) {
+        res.writeHead(400).end();
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      for (const c of script.chunks) res.write(c);
+      if (script.then === 'done') res.end('data: [DONE]\n\n');
+      else if (script.then === 'reset') setTimeout(() => res.socket?.destroy(), 20);
+      // 'stall': the connection stays open and silent until the test ends.
+    });
+  });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  stack = await startStack({
+    deepseekBaseUrl: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+    idleTimeoutMs: 300,
+    retryMax: 0,
+  });
+});
+afterAll(async () => {
+  await stack.close();
+  upstream.closeAllConnections();
+  await new Promise<void>((r) => upstream.close(() => r()));
+});
+
+describe('a token chunk with a broken envelope', () => {
+  it('is an in-band upstream_protocol_error on SSE, and its token is not delivered', async () => {
+    const res = await request(stack.url + q('broken-envelope', '&format=sse&thinking=false'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe('A');
+    const last = events.at(-1)!;
+    expect(last.event).toBe('error');
+    expect(JSON.parse(last.data).code).toBe('upstream_protocol_error');
+  });
+
+  it('is a 502 for a non-stream /v1 request, and the proxy keeps serving', async () => {
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'broken-envelope' }] }),
+    });
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
+    const again = await request(stack.url + q('finish-then-reset'));
+    expect(again.body).toBe('AB');
+  });
+
+  it('a chunk shape the non-stream answer cannot use is a 502, not a crash', async () => {
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'tool-calls-not-array' }] }),
+    });
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
+  });
+});
+
+describe('an answer that finished before [DONE]', () => {
+  it.each(['finish-then-reset', 'finish-then-stall'])(
+    '%s: ends cleanly with the answer, no continuation request',
+    async (prompt) => {
+      const before = paths.length;
+      const res = await request(stack.url + q(prompt, '&format=sse&thinking=false'));
+      const { events } = parseSse(res.body);
+      expect(sseText(events)).toBe('AB');
+      expect(events.at(-1)!.event).toBe('done');
+      expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('stop');
+      expect(paths.slice(before)).toEqual(['/chat/completions']);
+    },
+  );
+});
