@@ -12,7 +12,7 @@ import { createLogger, type Logger } from './log';
 import { Metrics } from './metrics';
 import { apiKeyAuth, memoryReplayGuard, redisReplayGuard, signatureAuth } from './middleware/auth';
 import { cors } from './middleware/cors';
-import { errorHandler, notFound } from './middleware/errors';
+import { errorHandler, methodNotAllowed, notFound } from './middleware/errors';
 import { memorySlots, redisSlots, requestRateLimit, streamCap } from './middleware/rate-limit';
 import { requestId } from './middleware/request-id';
 import { batchRouter } from './routes/batch';
@@ -143,7 +143,10 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.use(openAiRouter(config, service));
   app.use(batchRouter(config, service));
   app.use(healthRouter(service, journal));
-  if (config.metricsPort === undefined) app.get('/metrics', metricsHandler(metrics));
+  if (config.metricsPort === undefined) {
+    app.get('/metrics', metricsHandler(metrics));
+    app.all('/metrics', methodNotAllowed(['GET', 'HEAD']));
+  }
   // Static files last: API requests never pay for a filesystem lookup.
   app.use(demoRouter());
   app.use(notFound);

@@ -10,6 +10,7 @@ import dotenv from 'dotenv';
 import { createApp, metricsHandler } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { createLogger } from './log';
+import { answerClientError } from './middleware/errors';
 import { startSimulator, type Simulator } from './simulator/server';
 
 async function main(): Promise<void> {
@@ -44,14 +45,7 @@ async function main(): Promise<void> {
           app,
         )
       : http.createServer(app);
-  // A request Node's parser refuses never reaches Express: answer it in the SPEC's shape too.
-  server.on('clientError', (_err, socket) => {
-    if (!socket.writable) return socket.destroy();
-    const body = '{"error":{"code":"invalid_request","message":"malformed HTTP request"}}';
-    socket.end(
-      `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  });
+  server.on('clientError', answerClientError);
   // Streams may be quiet for a long time during reasoning; never let Node cut them.
   server.requestTimeout = 0;
   server.keepAliveTimeout = 65_000;

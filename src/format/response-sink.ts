@@ -17,6 +17,8 @@ export interface ResponseSinkOptions {
   skipBytes?: number;
   /** Text mode counts reasoning as body bytes (include_reasoning). */
   textIncludesReasoning?: boolean;
+  /** A follow of the journal: the seq it resumes after. */
+  afterSeq?: number;
 }
 
 export class ResponseSink {
@@ -32,6 +34,8 @@ export class ResponseSink {
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
   private skip: number;
+  /** The last journal event written (replays and follows): the seq after it ends a stream. */
+  private lastSeq: number;
 
   constructor(
     private readonly res: ServerResponse,
@@ -39,6 +43,7 @@ export class ResponseSink {
     private readonly opts: ResponseSinkOptions,
   ) {
     this.skip = opts.skipBytes ?? 0;
+    this.lastSeq = opts.afterSeq ?? 0;
   }
 
   get isClosed(): boolean {
@@ -73,6 +78,13 @@ export class ResponseSink {
       this.heartbeat = setInterval(() => this.tick(), this.opts.heartbeatMs);
       this.heartbeat.unref();
     }
+  }
+
+  /** HEAD: the head a stream would have, and no body. */
+  head(): void {
+    this.open();
+    this.close();
+    this.res.end();
   }
 
   /** Hot path: one answer token. */
@@ -151,6 +163,7 @@ export class ResponseSink {
 
   /** Any journal event (live follow or replay). */
   event(ev: JournalEvent): void {
+    this.lastSeq = ev.seq;
     switch (ev.kind) {
       case 'content':
         return this.content(ev.data, ev.seq);
@@ -199,7 +212,9 @@ export class ResponseSink {
     if (this.closed) return;
     this.error(
       JSON.stringify({ code: 'stream_expired', message: 'the stream is no longer available' }),
-      0,
+      // Not 0: EventSource would reconnect with it and be replayed everything again. After the
+      // last seq, a reconnect is told 204 (the stream is over) and stops.
+      this.lastSeq + 1,
     );
   }
 
@@ -220,6 +235,11 @@ export class ResponseSink {
   }
 
   private tick(): void {
+    if (this.res.destroyed || this.res.writableEnded) {
+      // The client went away (or the response ended elsewhere): nothing to keep alive.
+      this.close();
+      return;
+    }
     if (this.headPending) {
       // Still held for the first token after a whole heartbeat: the head and preamble go first.
       this.flush();

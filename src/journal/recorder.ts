@@ -48,8 +48,7 @@ export class StreamRecorder implements StreamListener {
       this.opts.abort();
       return;
     }
-    this.grace = setTimeout(() => void this.graceOver(), this.opts.graceMs);
-    this.grace.unref();
+    this.armGrace();
   }
 
   open(): void {
@@ -147,10 +146,23 @@ export class StreamRecorder implements StreamListener {
     this.store.finish(this.id, state);
   }
 
+  private armGrace(): void {
+    this.grace = setTimeout(() => void this.graceOver(), this.opts.graceMs);
+    this.grace.unref();
+  }
+
+  /**
+   * Nobody attached for a grace period: stop, unless someone follows the journal (a resumed
+   * client, in any process); then look again one grace period later, so the upstream stops at
+   * most two grace periods after the last reader left.
+   */
   private async graceOver(): Promise<void> {
+    this.grace = undefined;
     if (this.finished || this.client) return;
     const followers = await this.store.followers(this.id).catch(() => 0);
-    if (followers === 0 && !this.finished) this.opts.abort();
+    if (this.finished || this.client) return;
+    if (followers === 0) this.opts.abort();
+    else this.armGrace();
   }
 
   private clearGrace(): void {

@@ -1,6 +1,9 @@
 // middleware/errors.ts: the last handlers. Unknown routes get 404, known routes with the wrong
 // method 405, and every error (body-parser's included) becomes the SPEC's JSON shape.
 
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { NextFunction, Request, Response } from 'express';
 import { ProxyError, asProxyError, errorBody, openAiErrorBody } from '../errors';
 import type { Logger } from '../log';
@@ -60,4 +63,32 @@ export function errorHandler(log: Logger) {
 function describe(err: unknown): Record<string, unknown> {
   if (err instanceof Error) return { name: err.name, message: err.message, stack: err.stack };
   return { value: String(err) };
+}
+
+/**
+ * A request Node's HTTP parser refuses never reaches Express (the server's `clientError`): answer
+ * it in the SPEC's shape too. A request line and headers over Node's limit (16 KiB by default) is
+ * most often a GET prompt that is too long for a URL: 413, pointing to POST.
+ */
+export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const e =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? new ProxyError(
+          'payload_too_large',
+          `the request line and headers are over ${http.maxHeaderSize} bytes: ` +
+            'send a long prompt in a POST body',
+        )
+      : new ProxyError('invalid_request', 'malformed HTTP request');
+  const id = randomUUID();
+  const body = JSON.stringify(errorBody(e, id));
+  socket.end(
+    `HTTP/1.1 ${e.status} ${http.STATUS_CODES[e.status]}\r\n` +
+      'Content-Type: application/json; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${id}\r\n` +
+      `Connection: close\r\n\r\n${body}`,
+  );
 }

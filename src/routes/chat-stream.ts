@@ -31,8 +31,9 @@ export function chatStreamRouter(
     const requestId = res.locals.requestId as string;
     const clientChoseId = req.headers['x-request-id'] === requestId;
 
-    // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects.
-    const lastEventId = req.headers['last-event-id'] ?? (fromQuery ? src.lastEventId : undefined);
+    // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects; other clients
+    // may put it in the query string, on GET and on POST alike.
+    const lastEventId = req.headers['last-event-id'] ?? req.query.lastEventId;
     if (lastEventId !== undefined) return resumeSse(res, String(lastEventId));
 
     // 2. Text resume: `curl -C -` sends Range; X-Resume-At is the plain alternative.
@@ -44,14 +45,14 @@ export function chatStreamRouter(
           'a text resume needs the X-Request-ID of the stream',
         );
       const parsed = parseChatStreamRequest(src, fromQuery, 'text/plain', config);
-      return replay(res, requestId, 0, parsed, offset, 206);
+      // The rest of this stream, and only for the request that started it.
+      return replay(res, requestId, 0, parsed, offset, 206, fingerprintOf(parsed));
     }
 
     const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
     const body = buildUpstreamBody(parsed.params);
     const request = JSON.stringify(body);
-    // One-shot hash: no Hash object per request (createHash was 2-3% of a short stream's CPU).
-    const fingerprint = hash('sha256', request, 'base64url');
+    const fingerprint = fingerprintOf(request);
 
     // 3. Idempotency: a known X-Request-ID replays that stream instead of paying for another.
     if (clientChoseId) {
@@ -160,11 +161,15 @@ export function chatStreamRouter(
     const sink = new ResponseSink(res, sseFrames(id, config.sseRetryMs), {
       requestId: id,
       heartbeatMs: config.heartbeatMs,
+      afterSeq: seq,
     });
     return follow(res, sink, id, seq);
   }
 
-  /** Replay a journaled stream from the start (idempotency) or from a text byte offset. */
+  /**
+   * Replay a journaled stream from the start (idempotency) or from a text byte offset. With
+   * `fingerprint`, the stream must be the one that request started (409 otherwise).
+   */
   async function replay(
     res: Response,
     id: string,
@@ -172,10 +177,17 @@ export function chatStreamRouter(
     parsed: ChatStreamRequest,
     skipBytes: number,
     status: number,
+    fingerprint?: string,
   ) {
     const meta = await journal.meta(id);
     if (!meta || meta.overflow)
       throw new ProxyError('stream_expired', 'that stream is unknown or expired');
+    if (fingerprint !== undefined && meta.fingerprint !== fingerprint) {
+      throw new ProxyError(
+        'request_id_conflict',
+        'this X-Request-ID belongs to a different request',
+      );
+    }
     if (meta.state === 'handoff') await takeOver(meta);
     const sink = new ResponseSink(res, framesFor(parsed, id), {
       requestId: id,
@@ -271,6 +283,17 @@ export function chatStreamRouter(
       : textFrames(parsed.includeReasoning);
   }
 
+  // HEAD: the head a GET would get (or its error status), without starting a generation that
+  // nobody would read. Express would otherwise answer HEAD with the GET route, upstream included.
+  router.head('/chat-stream', (req, res) => {
+    const id = res.locals.requestId as string;
+    const resuming =
+      req.headers['last-event-id'] !== undefined || req.query.lastEventId !== undefined;
+    const frames = resuming
+      ? sseFrames(id, config.sseRetryMs)
+      : framesFor(parseChatStreamRequest(req.query, true, req.headers.accept, config), id);
+    new ResponseSink(res, frames, { requestId: id, heartbeatMs: config.heartbeatMs }).head();
+  });
   router.get('/chat-stream', (req, res) => handle(req, res, true));
   router.post('/chat-stream', (req, res) => {
     if (!req.is('application/json') && !req.is('+json')) {
@@ -283,6 +306,14 @@ export function chatStreamRouter(
   });
   router.all('/chat-stream', methodNotAllowed(['GET', 'POST']));
   return router;
+}
+
+/** What identifies a request's upstream body: X-Request-ID reuse must bring the same one. */
+function fingerprintOf(request: string | ChatStreamRequest): string {
+  const json =
+    typeof request === 'string' ? request : JSON.stringify(buildUpstreamBody(request.params));
+  // One-shot hash: no Hash object per request (createHash was 2-3% of a short stream's CPU).
+  return hash('sha256', json, 'base64url');
 }
 
 /** Byte offset of a text resume from `Range: bytes=N-` or `X-Resume-At: N`, if asked. */

@@ -3,6 +3,7 @@
 
 import { Router } from 'express';
 import type { JournalStore } from '../journal/types';
+import { methodNotAllowed } from '../middleware/errors';
 import type { ChatService } from '../service';
 
 export function healthRouter(service: ChatService, journal: JournalStore): Router {
@@ -21,5 +22,6 @@ export function healthRouter(service: ChatService, journal: JournalStore): Route
     }
     res.json({ status: 'ready', activeStreams: service.active.size });
   });
+  router.all(['/healthz', '/readyz'], methodNotAllowed(['GET', 'HEAD']));
   return router;
 }

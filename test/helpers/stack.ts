@@ -8,6 +8,7 @@ import { Writable } from 'node:stream';
 import { createApp, type ProxyApp } from '../../src/app';
 import { testConfig, type Config } from '../../src/config';
 import { createLogger } from '../../src/log';
+import { answerClientError } from '../../src/middleware/errors';
 import { startSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/server';
 
 export const TEST_KEY = 'sk-test-9f8e7d6c5b4a39281706';
@@ -48,6 +49,7 @@ export async function startStack(
   });
   const app = createApp(config, { logger: createLogger('info', dest) });
   const server = http.createServer(app);
+  server.on('clientError', answerClientError); // as src/server.ts does
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return {

@@ -110,6 +110,14 @@ describe('bad input before streaming', () => {
       405,
       'method_not_allowed',
     ],
+    ...['/healthz', '/readyz', '/metrics', '/'].map(
+      (path): [string, () => ReturnType<typeof request>, number, string] => [
+        `POST ${path}`,
+        () => request(stack.url + path, { method: 'POST' }),
+        405,
+        'method_not_allowed',
+      ],
+    ),
   ];
   for (const [name, send, status, code] of cases) {
     it(`${name} answers ${status} ${code}`, async () => {
@@ -120,6 +128,30 @@ describe('bad input before streaming', () => {
   it('names the allowed methods on 405', async () => {
     const res = await request(stack.url + '/chat-stream', { method: 'DELETE' });
     expect(res.headers.allow).toBe('GET, POST');
+  });
+
+  it('a GET prompt too long for a URL is 413 payload_too_large, pointing to POST', async () => {
+    const res = await request(stack.url + q('x'.repeat(20_000)));
+    expect(res.status).toBe(413);
+    const body = JSON.parse(res.body);
+    expect(body.error.code).toBe('payload_too_large');
+    expect(body.error.message).toMatch(/POST/);
+    expect(body.error.requestId).toBe(res.headers['x-request-id']);
+  });
+
+  it('HEAD /chat-stream answers the head a GET would get, and starts no generation', async () => {
+    const prompt = 'head only';
+    const res = await request(stack.url + q(prompt, '&format=sse'), { method: 'HEAD' });
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(res.headers['cache-control']).toBe('no-cache, no-transform');
+    expect(res.headers['x-request-id']).toBeTruthy();
+    const text = await request(stack.url + q(prompt), { method: 'HEAD' });
+    expect(text.headers['content-type']).toBe('text/plain; charset=utf-8');
+    const bad = await request(stack.url + q(prompt, '&format=xml'), { method: 'HEAD' });
+    expect(bad.status).toBe(400);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(stack.sim.requests.some((r) => r.body.messages?.[0]?.content === prompt)).toBe(false);
   });
 
   it('still streams a normal request after all of that', async () => {

@@ -78,6 +78,17 @@ describe('SSE resume with Last-Event-ID', () => {
       stack.url + q(prompt, `&format=sse&lastEventId=${encodeURIComponent(last.id!)}`),
     );
     expect(viaQuery.status).toBe(204);
+    // POST takes ?lastEventId= too: a resume, not a second generation.
+    const viaPost = await request(
+      `${stack.url}/chat-stream?lastEventId=${encodeURIComponent(last.id!)}`,
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt, format: 'sse' }),
+      },
+    );
+    expect(viaPost.status).toBe(204);
+    expect(generations(prompt)).toBe(1);
   });
 
   it('the eventsource client gets 204 after done and stops (no reconnect loop)', async () => {
@@ -129,6 +140,23 @@ describe('text resume', () => {
       expect(generations(prompt)).toBe(1);
     }
   }, 60_000);
+
+  it('a text resume with another request body is 409 request_id_conflict', async () => {
+    const res = await request(stack.url + q('text resume owner'), {
+      headers: { 'x-request-id': 'text-owner' },
+    });
+    expect(res.status).toBe(200);
+    const other = await request(stack.url + q('somebody else'), {
+      headers: { 'x-request-id': 'text-owner', range: 'bytes=3-' },
+    });
+    expect(other.status).toBe(409);
+    expect(JSON.parse(other.body).error.code).toBe('request_id_conflict');
+    const same = await request(stack.url + q('text resume owner'), {
+      headers: { 'x-request-id': 'text-owner', range: 'bytes=3-' },
+    });
+    expect(same.status).toBe(206);
+    expect(same.body).toBe(Buffer.from(res.body).subarray(3).toString());
+  });
 
   it('X-Resume-At works like Range, even from inside a multi-byte character', async () => {
     const prompt = 'resume at bytes';
@@ -224,6 +252,59 @@ describe('detach grace', () => {
       expect(rec().clientClosed).toBe(false); // still generating into the journal
       await waitFor(() => rec().clientClosed, 3000, 'upstream abort after grace');
       expect(rec().done).toBe(false);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe('grace with resumed readers', () => {
+  it('a resumed reader that leaves after the grace period still stops the upstream', async () => {
+    const s = await startStack({ resumeGraceMs: 300 });
+    try {
+      const prompt = 'grace follower [[tokens=400 delay=10]]';
+      const url = s.url + q(prompt, '&format=sse&thinking=false');
+      const first = await request(url, {
+        headers: { 'x-request-id': 'grace-follower' },
+        onChunk: (_c, soFar) => (soFar.includes('grace-follower:3\n') ? 'abort' : undefined),
+      });
+      expect(first.complete).toBe(false);
+      const rec = () => s.sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)!;
+      // The second reader follows the journal across the first grace check, then leaves too.
+      const started = Date.now();
+      await request(url, {
+        headers: { 'last-event-id': 'grace-follower:3' },
+        onChunk: () => (Date.now() - started > 500 ? 'abort' : undefined),
+      });
+      expect(rec().clientClosed).toBe(false); // it was followed: generation went on
+      await waitFor(() => rec().clientClosed, 2000, 'upstream abort after the last reader left');
+      expect(rec().done).toBe(false);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a resume of an abandoned stream ends with an error event EventSource does not loop on', async () => {
+    const s = await startStack({ resumeGraceMs: 100 });
+    try {
+      const prompt = 'abandoned [[tokens=400 delay=10]]';
+      const url = s.url + q(prompt, '&format=sse&thinking=false');
+      await request(url, {
+        headers: { 'x-request-id': 'abandoned-1' },
+        onChunk: (_c, soFar) => (soFar.includes('abandoned-1:5\n') ? 'abort' : undefined),
+      });
+      const rec = () => s.sim.requests.find((r) => r.body.messages?.[0]?.content === prompt)!;
+      await waitFor(() => rec().clientClosed, 3000, 'upstream abort after grace');
+      const resumed = await request(url, { headers: { 'last-event-id': 'abandoned-1:5' } });
+      const events = parseSse(resumed.body).events;
+      const last = events.at(-1)!;
+      expect(last.event).toBe('error');
+      expect(JSON.parse(last.data).code).toBe('stream_expired');
+      // Its id comes after every event the stream has: a reconnect with it is told 204.
+      const lastSeq = Number(events.at(-2)!.id!.split(':')[1]);
+      expect(last.id).toBe(`abandoned-1:${lastSeq + 1}`);
+      const again = await request(url, { headers: { 'last-event-id': last.id! } });
+      expect(again.status).toBe(204);
     } finally {
       await s.close();
     }

@@ -1,0 +1,65 @@
+// ResponseSink's heartbeat: pings while the client is there, and nothing left running after it
+// went away (each interval would otherwise hold its response and sink for the process's life).
+
+import type { ServerResponse } from 'node:http';
+import { sseFrames } from '../../src/format/frames';
+import { ResponseSink } from '../../src/format/response-sink';
+
+function fakeResponse() {
+  const writes: string[] = [];
+  const res = {
+    headersSent: false,
+    destroyed: false,
+    writableEnded: false,
+    writableLength: 0,
+    writeHead() {
+      res.headersSent = true;
+    },
+    flushHeaders() {},
+    write(chunk: string | Buffer) {
+      writes.push(chunk.toString());
+      return true;
+    },
+    end() {
+      res.writableEnded = true;
+    },
+    destroy() {
+      res.destroyed = true;
+    },
+  };
+  return { res, writes };
+}
+
+describe('ResponseSink heartbeat', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('pings a quiet stream, and stops once the client is gone', () => {
+    const { res, writes } = fakeResponse();
+    const sink = new ResponseSink(res as unknown as ServerResponse, sseFrames('r1', 100), {
+      requestId: 'r1',
+      heartbeatMs: 1000,
+    });
+    sink.open();
+    expect(jest.getTimerCount()).toBe(1);
+    jest.advanceTimersByTime(1000);
+    expect(writes.filter((w) => w === ': ping\n\n')).toHaveLength(1);
+
+    res.destroyed = true; // the client hung up; nobody told the sink
+    jest.advanceTimersByTime(5000);
+    expect(writes.filter((w) => w === ': ping\n\n')).toHaveLength(1);
+    expect(jest.getTimerCount()).toBe(0);
+  });
+
+  it('HEAD: the head and no timer', () => {
+    const { res, writes } = fakeResponse();
+    new ResponseSink(res as unknown as ServerResponse, sseFrames('r2', 100), {
+      requestId: 'r2',
+      heartbeatMs: 1000,
+    }).head();
+    expect(res.headersSent).toBe(true);
+    expect(res.writableEnded).toBe(true);
+    expect(jest.getTimerCount()).toBe(0);
+    expect(writes).toEqual(['retry: 100\n\n']); // Node drops a HEAD response's body
+  });
+});
