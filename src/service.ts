@@ -35,6 +35,8 @@ export function engineSettings(c: Config): EngineSettings {
     streamMaxDurationMs: c.streamMaxDurationMs,
     upstreamResumeMax: c.upstreamResumeMax,
     maxEventBytes: c.maxEventBytes,
+    // Commit the head when the first heartbeat would be due: SSE then has its head and a ping.
+    headHoldMs: c.heartbeatMs,
   };
 }
 

@@ -15,12 +15,18 @@ export interface Frames {
   readonly ping: string | null;
 }
 
-/** SSE per the SPEC: ids `<requestId>:<seq>`, unnamed answer events, named reasoning/done/error. */
-export function sseFrames(requestId: string, retryMs: number): Frames {
+/**
+ * SSE per the SPEC: ids `<requestId>:<seq>`, unnamed answer events, named reasoning/done/error.
+ * The preamble sets the retry delay and the id the stream starts after (`afterSeq`; 0 for a new
+ * stream): a block without data dispatches no event, but EventSource keeps its id, so a
+ * connection lost before the first event (during a long queue) reconnects with
+ * `Last-Event-ID: <requestId>:0` and follows this stream instead of starting another.
+ */
+export function sseFrames(requestId: string, retryMs: number, afterSeq = 0): Frames {
   const id = `id: ${requestId}:`;
   return {
     contentType: 'text/event-stream; charset=utf-8',
-    preamble: `retry: ${retryMs}\n\n`,
+    preamble: `retry: ${retryMs}\n${id}${afterSeq}\n\n`,
     content(text, seq) {
       return `${id}${seq}\ndata: {"content":${JSON.stringify(text)}}\n\n`;
     },

@@ -158,7 +158,7 @@ export function chatStreamRouter(
       res.status(204).end();
       return;
     }
-    const sink = new ResponseSink(res, sseFrames(id, config.sseRetryMs), {
+    const sink = new ResponseSink(res, sseFrames(id, config.sseRetryMs, seq), {
       requestId: id,
       heartbeatMs: config.heartbeatMs,
       afterSeq: seq,

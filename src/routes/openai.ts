@@ -161,6 +161,12 @@ class OpenAiStreamSink implements StreamListener {
   }
   content(): void {}
   reasoning(): void {}
+  /** A retry before the first token: its chunks (the role chunk) would come again. */
+  discard(): void {
+    this.pending = '';
+    this.parts = [];
+    this.run = undefined;
+  }
   flush(): boolean {
     const out = this.take('');
     if (out.length === 0) {

@@ -15,10 +15,12 @@ import { ByteScan, interpret, interpretBytes, type DeltaSink, type Usage } from 
 
 export interface StreamListener {
   /**
-   * The upstream accepted the request (HTTP 200): the response may begin. A flush() follows at
-   * the end of the upstream read that brings the first token, or HEAD_HOLD_MS later if none
-   * came, so the listener may hold its head back and send it with the first tokens: one socket
-   * write instead of two.
+   * The response begins: with the first token (or the end of an answer that has none), or when
+   * the upstream accepted the request (HTTP 200) `headHoldMs` ago and no token came yet. Until
+   * then a failure is fail(err, false) (a JSON error with its status) and a retry is invisible.
+   * A flush() follows at the end of the upstream read that brings the first token (or at once
+   * after the hold), so the listener may hold its head back and send it with the first tokens:
+   * one socket write instead of two.
    */
   open(): void;
   /** An answer token. Hot path: buffer it; flush() follows once per upstream read. */
@@ -41,6 +43,11 @@ export interface StreamListener {
   flush(): boolean;
   /** The answer finished normally. */
   end(finishReason: string, usage: Usage | undefined): void;
+  /**
+   * Optional: a retry before the response began. Drop what was handed over and not written (the
+   * failed attempt's chunks before its first token), or the retry's would follow them.
+   */
+  discard?(): void;
   /** The stream failed; `opened` tells whether open() was called before. */
   fail(err: ProxyError, opened: boolean): void;
 }
@@ -56,6 +63,11 @@ export interface EngineSettings {
   streamMaxDurationMs: number;
   upstreamResumeMax: number;
   maxEventBytes: number;
+  /**
+   * How long after the upstream's HTTP 200 the response may wait for the first token before it
+   * begins anyway (so clients and reverse proxies see it open during a long queue).
+   */
+  headHoldMs: number;
 }
 
 export type Outcome =
@@ -83,12 +95,6 @@ const ABORT_HEADERS = Symbol('headers timeout');
 const ABORT_STOP = Symbol('stop');
 const MAX_ERROR_BODY = 16 * 1024;
 const FLUSH_NOW_BYTES = 64 * 1024;
-/**
- * How long the response head may wait for the first token after the upstream's headers. The
- * upstream sends its headers in a read of their own; written at once, the head is a socket write
- * of its own too, on the path to the first token.
- */
-export const HEAD_HOLD_MS = 20;
 
 export class ChatStream implements DeltaSink {
   readonly stats: StreamStats;
@@ -117,18 +123,18 @@ export class ChatStream implements DeltaSink {
   private flushScheduled = false;
   /** The first token is waiting: it is written at the end of the read that brought it. */
   private firstPending = false;
-  /** Sends the head alone if no token came within HEAD_HOLD_MS of the upstream's headers. */
+  /** Begins the response if no token came within headHoldMs of the upstream's first 200. */
   private headTimer: NodeJS.Timeout | undefined;
   /** What the listener's end() threw, rethrown by the loop (a bug ends this stream only). */
   private endError: unknown;
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
   private readonly flushNow = (): void => {
-    this.clearHead();
     this.flushScheduled = false;
     this.firstPending = false;
     this.unflushed = 0;
-    if (!this.dirty) return;
+    // Before the response began, what was handed over waits (chunks before the first token).
+    if (!this.dirty || !this.opened) return;
     this.dirty = false;
     if (!this.listener.flush()) this.pause();
   };
@@ -203,6 +209,10 @@ export class ChatStream implements DeltaSink {
       if (!this.sentToken) {
         // Before the first token nothing reached the client: a retry is invisible.
         if (isRetryable(failure) && retries < this.s.retryMax) {
+          if (!this.opened) {
+            this.listener.discard?.();
+            this.dirty = false;
+          }
           const delay = backoffDelay(
             retries,
             {
@@ -295,10 +305,10 @@ export class ChatStream implements DeltaSink {
       res.body.destroy();
       return this.protocolFailure('the upstream answered HTML instead of an event stream');
     }
-    if (!this.opened) {
-      this.opened = true;
-      this.listener.open();
-      this.headTimer = setTimeout(this.flushHead, HEAD_HOLD_MS);
+    // The response begins with the first token; failures until then are JSON errors and
+    // retries invisible. A long wait (a queue) begins it anyway, from the first 200 on.
+    if (!this.opened && this.headTimer === undefined) {
+      this.headTimer = setTimeout(this.beginHead, this.s.headHoldMs);
       this.headTimer.unref();
     }
     return this.consume(res.body, controller);
@@ -461,6 +471,11 @@ export class ChatStream implements DeltaSink {
     }
   }
 
+  toolCall(): void {
+    // Forwarded as chunks; once one went out, a retry would repeat it: the answer has begun.
+    if (!this.sentToken) this.firstToken();
+  }
+
   finish(reason: string, usage: Usage | undefined): void {
     if (usage) this.usageSeen = usage;
     if (NORMAL_FINISH.has(reason)) {
@@ -502,14 +517,26 @@ export class ChatStream implements DeltaSink {
   // ---- helpers, out of the hot path ---------------------------------------------------
 
   private firstToken(): void {
+    if (!this.opened) this.begin();
     this.sentToken = true;
     this.firstPending = true;
     this.stats.ttftMs = Date.now() - this.stats.startedAt;
   }
 
-  private readonly flushHead = (): void => {
+  /** The response begins: the listener opens (its head goes with the next flush). */
+  private begin(): void {
+    this.opened = true;
+    this.clearHead();
+    this.listener.open();
+  }
+
+  /** No token within headHoldMs of the upstream's 200: the head goes out alone. */
+  private readonly beginHead = (): void => {
     this.headTimer = undefined;
-    if (!this.stopped && !this.listener.flush()) this.pause();
+    if (this.stopped || this.opened) return;
+    this.begin();
+    this.dirty = false;
+    if (!this.listener.flush()) this.pause();
   };
 
   private clearHead(): void {
@@ -531,6 +558,7 @@ export class ChatStream implements DeltaSink {
    * the end is not held behind the loop's awaits.
    */
   private complete(): void {
+    if (!this.opened) this.begin(); // an answer without a token
     this.stats.outcome = 'completed';
     this.stats.finishReason = this.finishReason ?? 'stop';
     try {

@@ -20,6 +20,8 @@ export interface DeltaSink {
   content(text: string): void;
   reasoning(text: string): void;
   finish(reason: string, usage: Usage | undefined): void;
+  /** Optional: the chunk carries tool-call deltas (they are an answer too, with no token). */
+  toolCall?(): void;
   /** Usage that came in a chunk of its own (`choices: []`). */
   usage(usage: Usage): void;
   /** `data: [DONE]`. */
@@ -32,7 +34,11 @@ export interface DeltaSink {
 
 interface Chunk {
   choices?: Array<{
-    delta?: { content?: string | null; reasoning_content?: string | null } | null;
+    delta?: {
+      content?: string | null;
+      reasoning_content?: string | null;
+      tool_calls?: unknown;
+    } | null;
     finish_reason?: string | null;
   }>;
   usage?: Usage | null;
@@ -308,6 +314,7 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     if (typeof r === 'string' && r.length > 0) sink.reasoning(r);
     const c = delta.content;
     if (typeof c === 'string' && c.length > 0) sink.content(c);
+    if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) sink.toolCall?.();
   }
   const f = choice.finish_reason;
   if (typeof f === 'string') sink.finish(f, chunk.usage ?? undefined);

@@ -258,6 +258,32 @@ describe('detach grace', () => {
   });
 });
 
+describe('a connection lost before the first event', () => {
+  it('reconnects with the preamble id (<id>:0) and follows the same stream', async () => {
+    // The head (and its preamble) goes out after one heartbeat period with no token: a queue.
+    const s = await startStack({ resumeGraceMs: 5000, heartbeatMs: 100 });
+    try {
+      const prompt = 'lost in the queue [[queue=600 ka=50 tokens=8]]';
+      const url = s.url + q(prompt, '&format=sse&thinking=false');
+      const first = await request(url, {
+        onChunk: (_c, soFar) => (/^retry: \d+\nid: \S+:0\n\n/.test(soFar) ? 'abort' : undefined),
+      });
+      const id = /^retry: \d+\nid: (\S+)\n\n/.exec(first.body)![1]!;
+      expect(parseSse(first.body).events).toHaveLength(0);
+      const again = await request(url, { headers: { 'last-event-id': id } });
+      expect(again.status).toBe(200);
+      const events = parseSse(again.body).events;
+      expect(sseText(events)).toBe(simulateAnswer(prompt).text);
+      expect(events[0]!.id).toBe(id.replace(/:0$/, ':1'));
+      expect(s.sim.requests.filter((r) => r.body.messages?.[0]?.content === prompt)).toHaveLength(
+        1,
+      );
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('grace with resumed readers', () => {
   it('a resumed reader that leaves after the grace period still stops the upstream', async () => {
     const s = await startStack({ resumeGraceMs: 300 });

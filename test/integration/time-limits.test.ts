@@ -6,15 +6,17 @@ import { simulateAnswer } from '../../src/simulator/answer';
 import { spawnTsx } from '../helpers/proc';
 import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
 
+const LIMITS = {
+  retryMax: 0,
+  upstreamResumeMax: 0,
+  headersTimeoutMs: 300,
+  idleTimeoutMs: 300,
+  streamMaxDurationMs: 1500,
+};
+
 let stack: Stack;
 beforeAll(async () => {
-  stack = await startStack({
-    retryMax: 0,
-    upstreamResumeMax: 0,
-    headersTimeoutMs: 300,
-    idleTimeoutMs: 300,
-    streamMaxDurationMs: 1500,
-  });
+  stack = await startStack(LIMITS);
 });
 afterAll(() => stack.close());
 
@@ -32,12 +34,26 @@ describe('time limits', () => {
     expect(err.limit).toBe('headers');
   });
 
-  it('idle before the first token: in-band upstream_idle_timeout once the stream began', async () => {
+  it('idle before the first token, while the head is held: 504 upstream_timeout naming the idle limit', async () => {
     const res = await request(stack.url + q('silent start [[stall-first=2000]]', '&format=sse'));
-    expect(res.status).toBe(200);
-    const last = lastEvent(res.body);
-    expect(last.event).toBe('error');
-    expect(JSON.parse(last.data).code).toBe('upstream_idle_timeout');
+    expect(res.status).toBe(504);
+    const err = JSON.parse(res.body).error;
+    expect(err.code).toBe('upstream_timeout');
+    expect(err.limit).toBe('idle');
+  });
+
+  it('idle before the first token, after the head went out: in-band upstream_idle_timeout', async () => {
+    // The head is held for one heartbeat period at most: here 100 ms, under the 300 ms limit.
+    const early = await startStack({ ...LIMITS, heartbeatMs: 100 });
+    try {
+      const res = await request(early.url + q('silent start [[stall-first=2000]]', '&format=sse'));
+      expect(res.status).toBe(200);
+      const last = lastEvent(res.body);
+      expect(last.event).toBe('error');
+      expect(JSON.parse(last.data).code).toBe('upstream_idle_timeout');
+    } finally {
+      await early.close();
+    }
   });
 
   it('idle mid-answer: the text stream is cut without its final chunk', async () => {

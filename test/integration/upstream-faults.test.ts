@@ -1,6 +1,7 @@
 // Upstream behaviour the simulator does not script, from a fake DeepSeek written chunk by chunk:
 // a token chunk whose envelope is broken, chunk shapes the non-stream /v1 answer cannot use, and
-// an answer that finished (finish_reason) before the connection broke or went quiet.
+// an answer that finished (finish_reason) before the connection broke or went quiet, and an
+// upstream that accepts the request and breaks before the first token.
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -15,8 +16,14 @@ const token = (t: string) => line(`{"content":${JSON.stringify(t)}}`);
 const ROLE = line('{"role":"assistant","content":""}');
 const FINISH = line('{"content":""}', '"stop"', ',"usage":{"total_tokens":3}');
 
-/** What the fake sends for a prompt containing each key; `then` decides how the body ends. */
-const SCRIPTS: Record<string, { chunks: string[]; then: 'done' | 'reset' | 'stall' }> = {
+/**
+ * What the fake sends for a prompt containing each key; `then` decides how the body ends, and
+ * `failFirst` makes that many requests send the role chunk and reset first.
+ */
+const SCRIPTS: Record<
+  string,
+  { chunks: string[]; then: 'done' | 'reset' | 'stall'; failFirst?: number }
+> = {
   'broken-envelope': {
     chunks: [
       ROLE,
@@ -33,7 +40,19 @@ const SCRIPTS: Record<string, { chunks: string[]; then: 'done' | 'reset' | 'stal
   },
   'finish-then-reset': { chunks: [ROLE, token('A'), token('B'), FINISH], then: 'reset' },
   'finish-then-stall': { chunks: [ROLE, token('A'), token('B'), FINISH], then: 'stall' },
+  'tool-call-then-reset': {
+    chunks: [
+      ROLE,
+      line(
+        '{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":""}}]}',
+      ),
+    ],
+    then: 'reset',
+  },
+  'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
+  'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
+const served = new Map<string, number>();
 
 let upstream: http.Server;
 const paths: string[] = [];
@@ -52,6 +71,13 @@ beforeAll(async () => {
         return;
       }
       res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      const n = served.get(key!) ?? 0;
+      served.set(key!, n + 1);
+      if (n < (script.failFirst ?? 0)) {
+        res.write(ROLE);
+        setTimeout(() => res.socket?.destroy(), 20);
+        return;
+      }
       for (const c of script.chunks) res.write(c);
       if (script.then === 'done') res.end('data: [DONE]\n\n');
       else if (script.then === 'reset') setTimeout(() => res.socket?.destroy(), 20);
@@ -62,7 +88,7 @@ beforeAll(async () => {
   stack = await startStack({
     deepseekBaseUrl: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
     idleTimeoutMs: 300,
-    retryMax: 0,
+    retryMax: 2,
   });
 });
 afterAll(async () => {
@@ -117,4 +143,52 @@ describe('an answer that finished before [DONE]', () => {
       expect(paths.slice(before)).toEqual(['/chat/completions']);
     },
   );
+});
+
+describe('an upstream that accepts the request and breaks before the first token', () => {
+  const v1 = (content: string) =>
+    request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ stream: true, messages: [{ role: 'user', content }] }),
+    });
+
+  it('is retried invisibly: /v1 sends the role chunk once', async () => {
+    const res = await v1('early-close-once');
+    expect(res.status).toBe(200);
+    const roles = res.body.split('\n\n').filter((l) => l.includes('"role":"assistant"'));
+    expect(roles).toHaveLength(1);
+    expect(res.body.endsWith('data: [DONE]\n\n')).toBe(true);
+  });
+
+  it('with the retries spent, is a JSON 503 upstream_unavailable (text, SSE and /v1)', async () => {
+    for (const res of [
+      await request(stack.url + q('early-close-always')),
+      await request(stack.url + q('early-close-always', '&format=sse')),
+      await v1('early-close-always'),
+    ]) {
+      expect(res.status).toBe(503);
+      expect(res.headers['content-type']).toMatch(/^application\/json/);
+      expect(JSON.parse(res.body).error.code).toMatch(/upstream_unavailable/);
+    }
+  });
+});
+
+describe('tool calls', () => {
+  it('a tool-call chunk begins the answer: it goes out, and a break after it is not retried', async () => {
+    const before = paths.length;
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        stream: true,
+        messages: [{ role: 'user', content: 'tool-call-then-reset' }],
+      }),
+    });
+    expect(res.status).toBe(200);
+    const events = res.body.split('\n\n').filter((l) => l.startsWith('data: '));
+    expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
+    expect(events.at(-1)).toMatch(/"error"/); // in-band: the OpenAI SDKs raise it
+    expect(paths.length - before).toBe(1);
+  });
 });

@@ -1,14 +1,18 @@
-// When the engine asks its listener to write: the head waits for the first token (or a short
-// hold), the first token goes out at the end of the upstream read that brought it (later ones once
-// per event-loop turn), and an answer whose end arrives with its last tokens is told in that same
-// read, so they leave in one write.
+// When the engine asks its listener to write: the response begins with the first token (or after
+// a hold, during a long queue), the first token goes out at the end of the upstream read that
+// brought it (later ones once per event-loop turn), and an answer whose end arrives with its last
+// tokens is told in that same read, so they leave in one write. Before it began, a failure is a
+// JSON error and a retry leaves no trace.
 
 import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
-import { ChatStream, HEAD_HOLD_MS, type StreamListener } from '../../src/stream/chat-stream';
+import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
 import type { UpstreamBody } from '../../src/upstream/request';
+
+const SETTINGS = engineSettings(testConfig({ retryBaseDelayMs: 1, retryMaxDelayMs: 1 }));
+const HOLD = SETTINGS.headHoldMs;
 
 const BODY: UpstreamBody = {
   model: 'deepseek-v4-flash',
@@ -24,12 +28,20 @@ function chunk(delta: Record<string, unknown>, finish: string | null = null): st
  * A stream over a fake upstream whose body the test writes; every listener call in `log`, unless
  * `override` replaces it (it may log too).
  */
-function setup(override: (log: string[]) => Partial<StreamListener> = () => ({})) {
-  const body = new PassThrough();
+function setup(
+  override: (log: string[]) => Partial<StreamListener> = () => ({}),
+  bodies: PassThrough[] = [new PassThrough()],
+) {
+  const body = bodies[0]!;
   const log: string[] = [];
+  let posts = 0;
   const client: UpstreamClient = {
     post: () =>
-      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
+      Promise.resolve({
+        status: 200,
+        headers: { 'content-type': 'text/event-stream' },
+        body: bodies[Math.min(posts++, bodies.length - 1)]!,
+      }),
     close: () => undefined,
   };
   const listener: StreamListener = {
@@ -44,18 +56,23 @@ function setup(override: (log: string[]) => Partial<StreamListener> = () => ({})
     fail: (err) => log.push(`fail:${err.code}`),
     ...override(log),
   };
-  const stream = new ChatStream(client, engineSettings(testConfig()), BODY, listener);
+  const stream = new ChatStream(client, SETTINGS, BODY, listener);
   const done = stream.run();
   return { body, log, done, stream };
 }
 
 /** Resolve when `pred` holds, checking once per event-loop turn (timers are fake here). */
-async function until(pred: () => boolean, what: string, turns = 200): Promise<void> {
+async function until(pred: () => boolean, what: string, turns = 200, tickMs = 0): Promise<void> {
   for (let i = 0; !pred(); i++) {
     if (i >= turns) throw new Error(`no ${what} after ${turns} event-loop turns`);
+    if (tickMs > 0) jest.advanceTimersByTime(tickMs); // a retry's backoff sleeps on a timer
     await new Promise((r) => setImmediate(r));
   }
 }
+
+/** The engine reads this upstream body. */
+const reading = (body: PassThrough, tickMs = 0) =>
+  until(() => body.listenerCount('data') > 0, 'the upstream read', 200, tickMs);
 
 async function turns(n: number): Promise<void> {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
@@ -74,10 +91,10 @@ afterEach(() => {
 describe('engine: when the listener writes', () => {
   it('holds the head past a read without a token, and writes the first token within its read', async () => {
     const { body, log, done } = setup();
-    await until(() => log.includes('open'), 'open');
+    await reading(body);
     body.write(chunk({ role: 'assistant', content: '' }));
     await turns(5);
-    expect(log).toEqual(['open']); // the role chunk brought no token: the head still waits
+    expect(log).toEqual([]); // the role chunk brought no token: the response has not begun
 
     body.write(chunk({ content: 'Hel' }));
     // Within the read: the per-turn flush would come later, from setImmediate.
@@ -96,7 +113,7 @@ describe('engine: when the listener writes', () => {
 
   it('tells the end inside the read that brought it: tokens and end leave in one write', async () => {
     const { body, log, done } = setup();
-    await until(() => log.includes('open'), 'open');
+    await reading(body);
     body.write(
       chunk({ role: 'assistant', content: 'A' }) +
         chunk({ content: 'B' }) +
@@ -110,18 +127,60 @@ describe('engine: when the listener writes', () => {
     await done;
   });
 
-  it(`sends the head alone when no token came within ${HEAD_HOLD_MS} ms`, async () => {
+  it(`sends the head alone when no token came within headHoldMs (${HOLD} ms)`, async () => {
     const { body, log, done } = setup();
-    await until(() => log.includes('open'), 'open');
+    await reading(body);
     body.write(': keep-alive\n\n'); // a read, but no token
     await turns(3);
-    jest.advanceTimersByTime(HEAD_HOLD_MS - 1);
-    expect(log).toEqual(['open']);
+    jest.advanceTimersByTime(HOLD - 1);
+    expect(log).toEqual([]);
     jest.advanceTimersByTime(1);
     expect(log).toEqual(['open', 'flush']);
     body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
     await done;
     expect(log.slice(2, 4)).toEqual(['content:x', 'end:stop']);
+  });
+
+  it("before the first token: a retry drops the failed attempt's chunks, a last failure is not opened", async () => {
+    const first = new PassThrough();
+    const second = new PassThrough();
+    const { log, done } = setup(
+      (log) => ({
+        chunk: (d) => log.push(`chunk:${d.includes('role') ? 'role' : 'other'}`),
+        discard: () => log.push('discard'),
+        fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
+      }),
+      [first, second],
+    );
+    await reading(first);
+    first.write(chunk({ role: 'assistant', content: '' }));
+    first.destroy(); // reset before any token
+    await reading(second, 1);
+    expect(log).toEqual(['chunk:role', 'discard']); // nothing opened, nothing flushed
+    second.write(chunk({ role: 'assistant', content: '' }));
+    second.end(chunk({ content: 'A' }, 'stop') + 'data: [DONE]\n\n');
+    await done;
+    expect(log.filter((e) => e !== 'flush')).toEqual([
+      'chunk:role',
+      'discard',
+      'chunk:role',
+      'chunk:other',
+      'open',
+      'end:stop',
+    ]);
+
+    // Every attempt fails before a token: the failure is told as not opened (a JSON error).
+    const bodies = Array.from({ length: SETTINGS.retryMax + 1 }, () => new PassThrough());
+    const failing = setup(
+      (log) => ({ fail: (err, opened) => log.push(`fail:${err.code}:${opened}`) }),
+      bodies,
+    );
+    for (const b of bodies) {
+      await reading(b, 1);
+      b.destroy();
+    }
+    await failing.done;
+    expect(failing.log).toEqual(['fail:upstream_unavailable:false']);
   });
 
   it('reports a throwing end() as an internal error of this stream, not of the process', async () => {
@@ -131,7 +190,7 @@ describe('engine: when the listener writes', () => {
       },
       fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
     }));
-    await until(() => log.includes('open'), 'open');
+    await reading(body);
     body.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
     await done;
     expect(log.filter((e) => e !== 'flush')).toEqual([

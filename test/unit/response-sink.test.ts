@@ -60,6 +60,6 @@ describe('ResponseSink heartbeat', () => {
     expect(res.headersSent).toBe(true);
     expect(res.writableEnded).toBe(true);
     expect(jest.getTimerCount()).toBe(0);
-    expect(writes).toEqual(['retry: 100\n\n']); // Node drops a HEAD response's body
+    expect(writes).toEqual(['retry: 100\nid: r2:0\n\n']); // Node drops a HEAD response's body
   });
 });
