@@ -10,6 +10,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { streamChat } from '../library';
+import { sign, signingPayload } from '../middleware/auth';
 import type { ChatMessage } from '../upstream/request';
 
 const EXIT_OK = 0;
@@ -24,6 +25,8 @@ Streams a DeepSeek answer to stdout (or -o FILE). The prompt is the argument, or
 options:
   -o, --output FILE   write the answer to FILE (kept on Ctrl-C; see --resume)
   --server URL        go through a running deepseek-stream-proxy instead of DeepSeek
+  --api-key KEY       with --server: the proxy's client key (sent as Authorization: Bearer)
+  --signing-secret S  with --server: sign each request with the proxy's SIGNING_SECRET
   --model NAME        model (default: the server's / deepseek-v4-flash)
   --system TEXT       a system message
   --thinking          thinking mode on (--no-thinking: off)
@@ -31,7 +34,9 @@ options:
   -h, --help          this text
   --version           the version
 
-environment: DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL (direct mode)
+environment: DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL (direct mode);
+  DEEPSEEK_STREAM_API_KEY, DEEPSEEK_STREAM_SIGNING_SECRET (--server; the flags win, and
+  keep secrets out of shell history and ps when given here instead)
 exit codes: 0 done, 1 failed, 2 usage, 130 interrupted`;
 
 class UsageError extends Error {}
@@ -45,6 +50,13 @@ interface Options {
   system: string | undefined;
   thinking: boolean | undefined;
   resume: boolean;
+  auth: ServerAuth;
+}
+
+/** A guarded proxy's client credentials. Never printed, never written to the resume sidecar. */
+interface ServerAuth {
+  apiKey: string | undefined;
+  signingSecret: string | undefined;
 }
 
 /** What --resume needs to find the stream again through a proxy. */
@@ -71,6 +83,8 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
       options: {
         output: { type: 'string', short: 'o' },
         server: { type: 'string' },
+        'api-key': { type: 'string' },
+        'signing-secret': { type: 'string' },
         model: { type: 'string' },
         system: { type: 'string' },
         thinking: { type: 'boolean' },
@@ -96,6 +110,21 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
   if (v.server !== undefined && !/^https?:\/\//.test(v.server)) {
     throw new UsageError('--server must be an http:// or https:// URL');
   }
+  if (v.server === undefined && (v['api-key'] !== undefined || v['signing-secret'] !== undefined)) {
+    throw new UsageError(
+      '--api-key and --signing-secret are for --server (direct mode uses DEEPSEEK_API_KEY)',
+    );
+  }
+  // The flag wins; an empty env var counts as unset. Messages name the source, never the value.
+  const apiKey = v['api-key'] ?? (process.env.DEEPSEEK_STREAM_API_KEY || undefined);
+  if (apiKey !== undefined && !/^[\x21-\x7e]+$/.test(apiKey)) {
+    throw new UsageError(
+      'the client key (--api-key / DEEPSEEK_STREAM_API_KEY) must be printable ASCII without spaces',
+    );
+  }
+  const signingSecret =
+    v['signing-secret'] ?? (process.env.DEEPSEEK_STREAM_SIGNING_SECRET || undefined);
+  if (signingSecret === '') throw new UsageError('--signing-secret is empty');
   return {
     prompt,
     output: v.output,
@@ -104,6 +133,7 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
     system: v.system,
     thinking: v.thinking,
     resume: v.resume ?? false,
+    auth: { apiKey, signingSecret },
   };
 }
 
@@ -113,6 +143,7 @@ class Progress {
   tokens = 0;
   private readonly started = Date.now();
   private readonly timer: NodeJS.Timeout | undefined;
+  private stopped = false;
   constructor(enabled: boolean) {
     if (enabled) {
       this.timer = setInterval(() => this.draw(), 200);
@@ -130,8 +161,10 @@ class Progress {
       `\r${this.bytes} B  ${this.tokens} tokens  ${rate} tok/s  ${s.toFixed(1)} s `,
     );
   }
+  /** Ends the line; safe to call twice. */
   stop(): void {
-    if (!this.timer) return;
+    if (!this.timer || this.stopped) return;
+    this.stopped = true;
     clearInterval(this.timer);
     this.draw();
     process.stderr.write('\n');
@@ -174,9 +207,39 @@ async function direct(
   }
 }
 
+/**
+ * The headers a guarded proxy checks (middleware/auth.ts): the client key, and an HMAC over the
+ * exact method, path with query and body bytes sent, with the same helpers the server verifies.
+ */
+function authHeaders(
+  auth: ServerAuth,
+  method: string,
+  url: URL,
+  body: string,
+): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (auth.apiKey) headers.Authorization = `Bearer ${auth.apiKey}`;
+  if (auth.signingSecret) {
+    const ts = String(Math.floor(Date.now() / 1000));
+    headers['X-Timestamp'] = ts;
+    headers['X-Signature'] = sign(
+      auth.signingSecret,
+      signingPayload(ts, method, url.pathname + url.search, body),
+    );
+  }
+  return headers;
+}
+
+/** What to do about a refusal: the proxy's message names the problem, this names the fix. */
+const REFUSAL_HINT: Readonly<Record<number, string>> = {
+  401: 'give the proxy a client key: --api-key or DEEPSEEK_STREAM_API_KEY',
+  403: 'check --signing-secret or DEEPSEEK_STREAM_SIGNING_SECRET, and the clock',
+};
+
 /** Through a proxy: POST /chat-stream as text; on resume, the same id with Range. */
 function viaServer(
   side: Sidecar,
+  auth: ServerAuth,
   skipBytes: number,
   write: Write,
   progress: Progress,
@@ -190,6 +253,7 @@ function viaServer(
       'Content-Length': Buffer.byteLength(body),
       'X-Request-ID': side.requestId,
       Accept: 'text/plain',
+      ...authHeaders(auth, 'POST', url, body),
     };
     if (skipBytes > 0) headers.Range = `bytes=${skipBytes}-`;
     const mod = url.protocol === 'https:' ? https : http;
@@ -209,11 +273,9 @@ function viaServer(
           } catch {
             // not our JSON: keep the status
           }
-          reject(
-            new FailedError(
-              status === 410 ? `${msg} (the partial answer can no longer be resumed)` : msg,
-            ),
-          );
+          const hint =
+            status === 410 ? 'the partial answer can no longer be resumed' : REFUSAL_HINT[status];
+          reject(new FailedError(hint ? `${msg} (${hint})` : msg));
         });
         return;
       }
@@ -249,6 +311,10 @@ function viaServer(
     );
     req.end(body);
   });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 function abortError(): Error {
@@ -314,7 +380,17 @@ async function main(argv: string[]): Promise<number> {
         side = { server: o.server, requestId: randomUUID(), body };
         if (sidecarPath) fs.writeFileSync(sidecarPath, JSON.stringify(side));
       }
-      await viaServer(side, Buffer.byteLength(existing), write, progress, controller.signal);
+      // The proxy accepts each signature once, and a resume signs the same method, path and body
+      // as the request it continues: sign it in a later second (at most 1 s spent) to differ.
+      if (o.resume && o.auth.signingSecret) await sleep(1000 - (Date.now() % 1000));
+      await viaServer(
+        side,
+        o.auth,
+        Buffer.byteLength(existing),
+        write,
+        progress,
+        controller.signal,
+      );
     } else {
       await direct(o, write, progress, controller.signal, existing);
     }
@@ -326,7 +402,10 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`deepseek-stream: ${err.message}\n`);
       code = EXIT_USAGE;
     } else {
-      process.stderr.write(`\ndeepseek-stream: ${(err as Error).message}\n`);
+      // One line of its own: after the progress line, and after answer text on a terminal.
+      progress.stop();
+      const lead = !out && progress.bytes > 0 && process.stdout.isTTY ? '\n' : '';
+      process.stderr.write(`${lead}deepseek-stream: ${(err as Error).message}\n`);
       code = EXIT_FAILED;
     }
   } finally {
