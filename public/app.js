@@ -1,6 +1,7 @@
 // public/app.js: the demo page's client. Streams one answer over EventSource; EventSource
 // reconnects by itself after a drop and sends Last-Event-ID, the proxy replays what was missed,
-// and events are de-duplicated by sequence number so nothing shows twice.
+// and events are de-duplicated by sequence number so nothing shows twice. A refused request is
+// asked about once more with fetch, because EventSource hides a refusal's status and body.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -28,6 +29,7 @@ function fresh(e) {
   const seq = seqOf(e);
   if (seq <= state.lastSeq) return false;
   state.lastSeq = seq;
+  state.lastId = e.lastEventId;
   return true;
 }
 
@@ -43,6 +45,18 @@ function showStatus(label) {
   statusEl.textContent = parts.join(' · ');
 }
 
+function showError(text) {
+  errorEl.textContent = text;
+  errorEl.hidden = false;
+}
+
+/** The proxy's error as one plain line: `code: message (retry after N s)`. */
+function showProxyError(code, message, retryAfter) {
+  let text = `${code}: ${message}`;
+  if (retryAfter) text += ` (retry after ${retryAfter}${/^\d+$/.test(retryAfter) ? ' s' : ''})`;
+  showError(text);
+}
+
 function token(e, into) {
   if (!fresh(e)) return;
   const text = JSON.parse(e.data).content;
@@ -52,68 +66,154 @@ function token(e, into) {
   showStatus('Streaming…');
 }
 
-function finish(label) {
+/** Close the event source and any fetch still open for this answer. */
+function teardown() {
   if (es) es.close();
   es = null;
+  if (state && state.fetch) state.fetch.abort();
+}
+
+function finish(label) {
+  teardown();
   state.endedAt = performance.now();
   stopBtn.disabled = true;
   sendBtn.disabled = false;
   showStatus(label);
 }
 
+/** Follow the stream at `url`; events from an event source that was replaced are ignored. */
+function listen(url) {
+  const source = new EventSource(url);
+  es = source;
+  const live = (handler) => (e) => {
+    if (es === source) handler(e);
+  };
+  source.onopen = live(() => {
+    if (state.tokens > 0) showStatus('Streaming…');
+  });
+  source.onmessage = live((e) => token(e, answerEl));
+  source.addEventListener(
+    'reasoning',
+    live((e) => {
+      reasoningBox.hidden = false;
+      token(e, reasoningEl);
+    }),
+  );
+  source.addEventListener(
+    'done',
+    live((e) => {
+      fresh(e);
+      finish('Done');
+    }),
+  );
+  source.addEventListener(
+    'error',
+    live((e) => {
+      if (e.data) {
+        // An error event from the proxy: the stream ended with a failure.
+        fresh(e);
+        const err = JSON.parse(e.data);
+        showProxyError(err.code, err.message);
+        finish('Failed');
+        return;
+      }
+      // EventSource gives up on any answer but a 200 stream (a network error only makes it
+      // reconnect): the proxy refused the request, or refused a reconnect.
+      if (source.readyState === EventSource.CLOSED) void explainRefusal(state);
+      else showStatus('Connection lost: reconnecting…');
+    }),
+  );
+}
+
+/** An id for X-Request-ID (crypto.randomUUID needs a secure context; plain-HTTP demos are not). */
+function newRequestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return 'demo-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Show why the proxy refused, by asking once more with fetch, which can read the JSON error.
+ * The repeat never pays for a second answer: a refused request started nothing upstream, a
+ * refused reconnect is repeated with its Last-Event-ID (a resume never calls the upstream), and
+ * a new request carries an X-Request-ID of ours, so if it is accepted this time (the rate limit
+ * or the overload passed meanwhile) the page follows that very stream instead of dropping it.
+ */
+async function explainRefusal(s) {
+  teardown();
+  showStatus('Refused: asking the proxy why…');
+  const resumeFrom = s.lastId;
+  const requestId = resumeFrom ? '' : newRequestId();
+  s.fetch = new AbortController();
+  let res;
+  try {
+    res = await fetch(s.url, {
+      headers: resumeFrom ? { 'Last-Event-ID': resumeFrom } : { 'X-Request-ID': requestId },
+      cache: 'no-store',
+      signal: s.fetch.signal,
+    });
+  } catch (err) {
+    if (s !== state || s.endedAt) return; // stopped or replaced meanwhile
+    showError(`The proxy refused the request and could not be asked why (${err.message}).`);
+    finish('Failed');
+    return;
+  }
+  if (s !== state || s.endedAt) return;
+  if (res.status === 204) {
+    finish('Done'); // every event had been delivered
+    return;
+  }
+  if (res.ok) {
+    // Accepted this time. The fetch stays attached (read and thrown away) so the proxy goes on
+    // generating for it; the page shows the stream through an event source that resumes it.
+    res.body.pipeTo(new WritableStream()).catch(() => undefined);
+    // From here on a refusal is asked about as a resume of this stream, never as a new request.
+    s.lastId = resumeFrom || `${requestId}:0`;
+    listen(`${s.url}&lastEventId=${encodeURIComponent(s.lastId)}`);
+    showStatus(s.tokens > 0 ? 'Streaming…' : 'Waiting for the first token…');
+    return;
+  }
+  let err;
+  try {
+    err = (await res.json()).error;
+  } catch {
+    err = undefined; // not the proxy's JSON (a reverse proxy's error page, say)
+  }
+  if (s !== state || s.endedAt) return;
+  showProxyError(
+    (err && err.code) || `HTTP ${res.status}`,
+    (err && err.message) || res.statusText || 'the request was refused',
+    res.headers.get('Retry-After'),
+  );
+  finish('Failed');
+}
+
 function start(prompt) {
-  if (es) es.close();
+  teardown();
   answerEl.textContent = '';
   reasoningEl.textContent = '';
   reasoningBox.hidden = true;
   reasoningBox.open = false;
   errorEl.hidden = true;
-  state = { lastSeq: 0, tokens: 0, startedAt: performance.now(), firstAt: 0, endedAt: 0 };
   const q = new URLSearchParams({
     format: 'sse',
     prompt,
     model: $('model').value,
     thinking: String($('thinking').checked),
   });
-  es = new EventSource('/chat-stream?' + q);
+  state = {
+    url: '/chat-stream?' + q,
+    lastSeq: 0,
+    lastId: '',
+    tokens: 0,
+    startedAt: performance.now(),
+    firstAt: 0,
+    endedAt: 0,
+    fetch: null,
+  };
+  listen(state.url);
   stopBtn.disabled = false;
   sendBtn.disabled = true;
   showStatus('Waiting for the first token…');
-
-  es.onopen = () => {
-    if (state.tokens > 0) showStatus('Streaming…');
-  };
-  es.onmessage = (e) => token(e, answerEl);
-  es.addEventListener('reasoning', (e) => {
-    reasoningBox.hidden = false;
-    token(e, reasoningEl);
-  });
-  es.addEventListener('done', (e) => {
-    fresh(e);
-    finish('Done');
-  });
-  es.addEventListener('error', (e) => {
-    if (e.data) {
-      // An error event from the proxy: the stream ended with a failure.
-      fresh(e);
-      const err = JSON.parse(e.data);
-      errorEl.textContent = `${err.code}: ${err.message}`;
-      errorEl.hidden = false;
-      finish('Failed');
-      return;
-    }
-    if (!es) return;
-    if (es.readyState === EventSource.CLOSED) {
-      // The proxy refused the request (a JSON error before the stream began) or the stream ended.
-      if (state.tokens === 0) {
-        errorEl.textContent = 'The request was refused. Check the prompt and the server log.';
-        errorEl.hidden = false;
-      }
-      finish(state.tokens === 0 ? 'Failed' : 'Done');
-      return;
-    }
-    showStatus('Connection lost: reconnecting…');
-  });
 }
 
 form.addEventListener('submit', (ev) => {
@@ -125,5 +225,5 @@ promptEl.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && (ev.metaKey || ev.ctrlKey)) form.requestSubmit();
 });
 stopBtn.addEventListener('click', () => {
-  if (es) finish('Stopped');
+  if (state && !state.endedAt) finish('Stopped');
 });

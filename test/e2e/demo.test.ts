@@ -1,13 +1,14 @@
 /// <reference lib="dom" />
 // The demo page in headless Chromium (Debian's, driven by playwright-core): tokens appear live,
-// Stop stops the upstream, and a dropped connection resumes with the text shown exactly once.
+// Stop stops the upstream, a dropped connection resumes with the text shown exactly once, and a
+// refused request shows the proxy's own error code and message.
 
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { simulateAnswer } from '../../src/simulator/answer';
-import { startStack, waitFor, type Stack } from '../helpers/stack';
+import { request, startStack, waitFor, type Stack } from '../helpers/stack';
 
 const CHROMIUM = '/usr/bin/chromium';
 const haveChromium = fs.existsSync(CHROMIUM);
@@ -78,6 +79,23 @@ suite('demo page', () => {
     if (!thinking) await page.uncheck('#thinking');
     await page.click('#send');
   }
+
+  function statusStartsWith(page: Page, prefix: string) {
+    return page.waitForFunction(
+      (p) => document.getElementById('status')!.textContent!.startsWith(p),
+      prefix,
+      { timeout: 20_000 },
+    );
+  }
+
+  /** `code: message` of a JSON error from the proxy, as the page should show it. */
+  function plainError(body: string): string {
+    const { error } = JSON.parse(body) as { error: { code: string; message: string } };
+    return `${error.code}: ${error.message}`;
+  }
+
+  const sentToUpstream = (s: Stack, prompt: string) =>
+    s.sim.requests.filter((r) => r.body.messages?.[0]?.content === prompt);
 
   it('shows tokens arriving progressively, reasoning in a fold, and a status line', async () => {
     const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
@@ -153,6 +171,134 @@ suite('demo page', () => {
     } finally {
       await page.close();
       await relay.close();
+    }
+  }, 40_000);
+
+  it('a request refused by the rate limit shows rate_limited, its message and Retry-After', async () => {
+    const s = await startStack({ sseRetryMs: 200, rateLimitMax: 1, rateLimitWindowMs: 60_000 });
+    const page = await browser.newPage();
+    try {
+      await ask(page, s.url, 'demo limit first [[tokens=5]]', false);
+      await statusStartsWith(page, 'Done');
+      const refused = 'demo limit second [[tokens=5]]';
+      await page.fill('#prompt', refused);
+      await page.click('#send');
+      await statusStartsWith(page, 'Failed');
+      // The same refusal, read directly: the page shows the proxy's code and message verbatim.
+      const direct = await request(s.url + '/chat-stream?prompt=x');
+      expect(direct.status).toBe(429);
+      const shown = await page.textContent('#error');
+      expect(shown).toMatch(/^rate_limited: /);
+      expect(shown).toMatch(/ \(retry after \d+ s\)$/);
+      expect(shown!.replace(/ \(retry after \d+ s\)$/, '')).toBe(plainError(direct.body));
+      expect(await page.isVisible('#error')).toBe(true);
+      expect(await page.textContent('#answer')).toBe('');
+      expect(sentToUpstream(s, refused)).toHaveLength(0);
+    } finally {
+      await page.close();
+      await s.close();
+    }
+  }, 40_000);
+
+  it('a request refused as invalid (a model the server does not allow) shows invalid_request and why', async () => {
+    const s = await startStack({ sseRetryMs: 200, allowedModels: ['deepseek-v4-flash'] });
+    const page = await browser.newPage();
+    try {
+      await page.goto(s.url + '/');
+      await page.fill('#prompt', 'demo bad model');
+      await page.selectOption('#model', 'deepseek-v4-pro');
+      await page.click('#send');
+      await statusStartsWith(page, 'Failed');
+      const direct = await request(s.url + '/chat-stream?prompt=x&model=deepseek-v4-pro');
+      expect(direct.status).toBe(400);
+      const shown = await page.textContent('#error');
+      expect(shown).toMatch(/^invalid_request: unknown model "deepseek-v4-pro"/);
+      expect(shown).toBe(plainError(direct.body));
+      expect(s.sim.requests).toHaveLength(0);
+    } finally {
+      await page.close();
+      await s.close();
+    }
+  }, 40_000);
+
+  it('when a refusal has passed by the time the page asks why, it shows that one answer, paid once', async () => {
+    const page = await browser.newPage();
+    try {
+      // The first request is refused (the proxy at its concurrency cap, say); the repeat that
+      // asks why is accepted, because the cap was freed in between.
+      const seen: { lastEventId: string | null; requestId: string | undefined }[] = [];
+      await page.route(
+        (url) => url.pathname === '/chat-stream',
+        async (route) => {
+          const r = route.request();
+          seen.push({
+            lastEventId: new URL(r.url()).searchParams.get('lastEventId'),
+            requestId: r.headers()['x-request-id'],
+          });
+          if (seen.length > 1) return route.continue();
+          await route.fulfill({
+            status: 503,
+            headers: { 'Content-Type': 'application/json', 'Retry-After': '1' },
+            body: '{"error":{"code":"overloaded","message":"too many concurrent streams"}}',
+          });
+        },
+      );
+      const prompt = 'demo refusal passed [[tokens=60 delay=10]]';
+      await ask(page, stack.url, prompt, false);
+      await statusStartsWith(page, 'Done');
+      expect(await page.textContent('#answer')).toBe(simulateAnswer(prompt).text);
+      expect(await page.isVisible('#error')).toBe(false);
+      expect(sentToUpstream(stack, prompt)).toHaveLength(1);
+      // The repeat named its stream, and the page resumed that stream rather than start another.
+      const id = seen[1]!.requestId!;
+      expect(id).toMatch(/^demo-[0-9a-f]{32}$/);
+      expect(seen.slice(2).map((r) => r.lastEventId)).toEqual([`${id}:0`]);
+    } finally {
+      await page.close();
+    }
+  }, 40_000);
+
+  it('an error event in the middle of a stream shows its code and message', async () => {
+    const page = await browser.newPage();
+    try {
+      const prompt = 'demo in-band [[tokens=20 malformed=5]]';
+      await ask(page, stack.url, prompt, false);
+      await statusStartsWith(page, 'Failed');
+      expect(await page.textContent('#error')).toMatch(
+        /^upstream_protocol_error: malformed upstream event: /,
+      );
+      expect(await page.textContent('#answer')).toBe(
+        simulateAnswer(prompt).content.slice(0, 5).join(''),
+      );
+    } finally {
+      await page.close();
+    }
+  }, 40_000);
+
+  it('a reconnect refused after a drop shows stream_expired and Failed, not a truncated Done', async () => {
+    // A per-stream journal budget smaller than the answer: after the drop it cannot be resumed.
+    const s = await startStack({ sseRetryMs: 200, journalMaxBytesPerStream: 1024 });
+    const relay = await cuttableRelay(s.url);
+    const page = await browser.newPage();
+    try {
+      const prompt = 'demo expired [[tokens=150 repeat=10 delay=15]]';
+      await ask(page, relay.url, prompt, false);
+      await page.waitForFunction(
+        () => (document.getElementById('answer')!.textContent ?? '').length > 1100,
+      );
+      relay.cutAll();
+      await statusStartsWith(page, 'Failed');
+      const shown = await page.textContent('#error');
+      expect(shown).toMatch(/^stream_expired: /);
+      const direct = await request(s.url + '/chat-stream', {
+        headers: { 'Last-Event-ID': 'x:1' },
+      });
+      expect(shown).toBe(plainError(direct.body));
+      expect(sentToUpstream(s, prompt)).toHaveLength(1);
+    } finally {
+      await page.close();
+      await relay.close();
+      await s.close();
     }
   }, 40_000);
 });
