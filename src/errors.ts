@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'upstream_unavailable'
   | 'overloaded'
   | 'shutting_down'
+  | 'store_unavailable'
   | 'upstream_timeout'
   | 'upstream_connect_timeout'
   | 'upstream_headers_timeout'
@@ -49,6 +50,7 @@ export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
   upstream_unavailable: 503,
   overloaded: 503,
   shutting_down: 503,
+  store_unavailable: 503,
   upstream_timeout: 504,
   upstream_connect_timeout: 504,
   upstream_headers_timeout: 504,
@@ -97,10 +99,27 @@ export function errorBody(err: ProxyError, requestId?: string): ErrorBody {
   return { error: { ...err.details, code: err.code, message: err.message, requestId } };
 }
 
-/** Anything thrown, as a ProxyError; unknown exceptions become a bland 500 (no stack, no text). */
+/**
+ * Anything thrown, as a ProxyError; unknown exceptions become a bland 500 (no stack, no text).
+ * Redis (journal, rate limits, stream slots, replay guard) being unreachable is a 503 the client
+ * may retry, not a bug: ioredis gives up on a command after its retries, or on a closed
+ * connection.
+ */
 export function asProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
+  if (isRedisUnreachable(err)) {
+    return new ProxyError(
+      'store_unavailable',
+      'the shared store (Redis) is unreachable; try again shortly',
+      { retryAfterS: 1, cause: err },
+    );
+  }
   return new ProxyError('internal_error', 'internal error', { cause: err });
+}
+
+function isRedisUnreachable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return err.name === 'MaxRetriesPerRequestError' || err.message === 'Connection is closed.';
 }
 
 /** The OpenAI error shape, for /v1 (what the openai SDK and the AI SDK parse). */

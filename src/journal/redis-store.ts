@@ -295,6 +295,8 @@ export class RedisJournalStore implements JournalStore {
   async shutdown(): Promise<void> {
     for (const c of this.followersOpen) c.disconnect();
     this.followersOpen.clear();
-    await this.redis.quit().catch(() => this.redis.disconnect());
+    // QUIT waits for a connection that may never come (Redis down): then just drop it.
+    if (this.redis.status !== 'ready') this.redis.disconnect();
+    else await this.redis.quit().catch(() => this.redis.disconnect());
   }
 }

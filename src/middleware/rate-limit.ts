@@ -25,13 +25,7 @@ export function requestRateLimit(opts: {
     standardHeaders: 'draft-8',
     legacyHeaders: false,
     keyGenerator: clientKey,
-    store: opts.redis
-      ? new RedisStore({
-          prefix: 'dsp:rl:',
-          sendCommand: (command: string, ...args: string[]) =>
-            opts.redis!.call(command, ...args) as Promise<RedisReply>,
-        })
-      : undefined,
+    store: opts.redis ? redisStore(opts.redis) : undefined,
     handler: (_req, res, next) => {
       opts.onLimited?.();
       const reset = (_req as Request & { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime;
@@ -42,6 +36,20 @@ export function requestRateLimit(opts: {
       );
     },
   });
+}
+
+function redisStore(redis: Redis): RedisStore {
+  const store = new RedisStore({
+    prefix: 'dsp:rl:',
+    sendCommand: (command: string, ...args: string[]) =>
+      redis.call(command, ...args) as Promise<RedisReply>,
+  });
+  // The store loads its scripts at construction and awaits them only at the first request; with
+  // Redis down at start-up they would reject unhandled. A request still sees the failure (and
+  // the store loads them again): 503 store_unavailable.
+  for (const script of [store.incrementScriptSha, store.getScriptSha])
+    script.catch(() => undefined);
+  return store;
 }
 
 /** Counts a client's open streams; shared through Redis when configured. */

@@ -103,3 +103,28 @@ describe('an unexpected exception in one stream', () => {
     }
   });
 });
+
+describe('Redis unreachable', () => {
+  it('API requests get 503 store_unavailable with Retry-After, and /readyz says why', async () => {
+    // A port that was just free: nothing listens there.
+    const probe = http.createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    // Rate limits on too: the limiter is the first to ask Redis on a limited route.
+    for (const rateLimitMax of [0, 5]) {
+      const stack = await startStack({ redisUrl: `redis://127.0.0.1:${port}`, rateLimitMax });
+      try {
+        const res = await request(stack.url + q('no store'));
+        expect(res.status).toBe(503);
+        expect(res.headers['retry-after']).toBe('1');
+        expect(JSON.parse(res.body).error.code).toBe('store_unavailable');
+        const ready = await request(stack.url + '/readyz');
+        expect(ready.status).toBe(503);
+        expect(stack.sim.requests).toHaveLength(0);
+      } finally {
+        await stack.close();
+      }
+    }
+  }, 30_000);
+});
