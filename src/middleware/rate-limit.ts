@@ -96,7 +96,7 @@ export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:')
   };
 }
 
-/** Holds one of the client's stream slots for the life of the response. */
+/** Holds one of the client's stream slots for the life of the response (or of its stream). */
 export function streamCap(slots: StreamSlots, max: number, onLimited?: () => void) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     if (max <= 0) return next();
@@ -113,8 +113,16 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
       released = true;
       slots.release(client);
     };
-    res.on('close', release);
-    res.on('finish', release);
+    // A stream the client left may go on generating for the resume grace: it keeps its slot
+    // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would
+    // keep any number of upstream requests running for one client.
+    const done = () => {
+      const hold = res.locals.slotHeldUntil as Promise<unknown> | undefined;
+      if (hold) hold.then(release, release);
+      else release();
+    };
+    res.on('close', done);
+    res.on('finish', done);
     next();
   };
 }

@@ -100,7 +100,7 @@ export function chatStreamRouter(
       abort: () => abortStream(),
     });
     recorder.attach(sink);
-    await service.run(
+    const run = service.run(
       body,
       recorder,
       {
@@ -136,6 +136,9 @@ export function chatStreamRouter(
       },
       { json },
     );
+    // The client's stream slot is held until generation ends, the resume grace included.
+    res.locals.slotHeldUntil = run;
+    await run;
     recorder.abandoned();
   }
 

@@ -68,6 +68,25 @@ describe('per-client stream cap', () => {
   });
 });
 
+describe('per-client stream cap and the resume grace', () => {
+  it('a stream the client left keeps its slot while it generates for the grace', async () => {
+    const stack = await startStack({ maxStreamsPerClient: 1, resumeGraceMs: 400 });
+    try {
+      const prompt = 'left behind [[tokens=400 delay=10]]';
+      await request(stack.url + q(prompt, '&thinking=false'), {
+        onChunk: (_c, soFar) => (soFar.length > 10 ? 'abort' : undefined),
+      });
+      // Gone, but its stream goes on into the journal: no second stream for this client yet.
+      const during = await request(stack.url + q('meanwhile'));
+      expect(during.status).toBe(429);
+      await waitFor(() => stack.app.service.active.size === 0, 3000, 'the grace to end');
+      expect((await request(stack.url + q('afterwards'))).status).toBe(200);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
 describe('client keys', () => {
   const plain = 'client-key-plain-123';
   const hashed = 'client-key-hashed-456';
