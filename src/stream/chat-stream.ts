@@ -213,15 +213,7 @@ export class ChatStream implements DeltaSink {
             this.listener.discard?.();
             this.dirty = false;
           }
-          const delay = backoffDelay(
-            retries,
-            {
-              baseMs: this.s.retryBaseDelayMs,
-              maxMs: this.s.retryMaxDelayMs,
-              retryAfterMaxMs: this.s.retryAfterMaxMs,
-            },
-            result.headers,
-          );
+          const delay = backoffDelay(retries, this.backoff(), result.headers);
           retries++;
           this.stats.retries++;
           await this.sleep(delay);
@@ -231,6 +223,11 @@ export class ChatStream implements DeltaSink {
         return;
       }
       if (this.canResume(failure)) {
+        // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
+        // honoured; after a broken connection the answer continues at once.
+        if (failure.kind === 'http') {
+          await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
+        }
         this.stats.resumes++;
         continue;
       }
@@ -581,6 +578,14 @@ export class ChatStream implements DeltaSink {
     this.upstreamBody?.destroy();
     this.settle?.({ ok: false, failure: { kind: 'reset' }, error: this.aborted() });
     this.wake?.();
+  }
+
+  private backoff() {
+    return {
+      baseMs: this.s.retryBaseDelayMs,
+      maxMs: this.s.retryMaxDelayMs,
+      retryAfterMaxMs: this.s.retryAfterMaxMs,
+    };
   }
 
   private sleep(ms: number): Promise<void> {

@@ -22,7 +22,13 @@ const FINISH = line('{"content":""}', '"stop"', ',"usage":{"total_tokens":3}');
  */
 const SCRIPTS: Record<
   string,
-  { chunks: string[]; then: 'done' | 'reset' | 'stall'; failFirst?: number }
+  {
+    chunks: string[];
+    then: 'done' | 'reset' | 'stall';
+    failFirst?: number;
+    /** The second request (the continuation) is refused with 503 and retry-after-ms: 300. */
+    refuseSecond?: boolean;
+  }
 > = {
   'broken-envelope': {
     chunks: [
@@ -49,10 +55,12 @@ const SCRIPTS: Record<
     ],
     then: 'reset',
   },
+  'resume-refused': { chunks: [ROLE, token('A'), token('B')], then: 'reset', refuseSecond: true },
   'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
   'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
 const served = new Map<string, number>();
+const times: number[] = [];
 
 let upstream: http.Server;
 const paths: string[] = [];
@@ -70,9 +78,19 @@ beforeAll(async () => {
         res.writeHead(400).end();
         return;
       }
-      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
       const n = served.get(key!) ?? 0;
       served.set(key!, n + 1);
+      times.push(Date.now());
+      if (script.refuseSecond && n === 1) {
+        res.writeHead(503, { 'Content-Type': 'application/json', 'retry-after-ms': '300' });
+        res.end('{"error":{"message":"busy"}}');
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      if (script.refuseSecond && n >= 2) {
+        res.end(token('C') + FINISH + 'data: [DONE]\n\n');
+        return;
+      }
       if (n < (script.failFirst ?? 0)) {
         res.write(ROLE);
         setTimeout(() => res.socket?.destroy(), 20);
@@ -190,5 +208,22 @@ describe('tool calls', () => {
     expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
     expect(events.at(-1)).toMatch(/"error"/); // in-band: the OpenAI SDKs raise it
     expect(paths.length - before).toBe(1);
+  });
+});
+
+describe('a continuation the upstream refuses', () => {
+  it('waits as a retry would (Retry-After honoured), then continues the answer', async () => {
+    const before = paths.length;
+    const res = await request(stack.url + q('resume-refused', '&format=sse&thinking=false'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe('ABC');
+    expect(events.at(-1)!.event).toBe('done');
+    expect(paths.slice(before)).toEqual([
+      '/chat/completions',
+      '/beta/chat/completions',
+      '/beta/chat/completions',
+    ]);
+    const [, refused, continued] = times.slice(-3);
+    expect(continued! - refused!).toBeGreaterThanOrEqual(250); // retry-after-ms: 300
   });
 });
