@@ -89,6 +89,7 @@ function listen(url) {
     if (es === source) handler(e);
   };
   source.onopen = live(() => {
+    state.opened = true;
     if (state.tokens > 0) showStatus('Streaming…');
   });
   source.onmessage = live((e) => token(e, answerEl));
@@ -140,8 +141,16 @@ function newRequestId() {
  */
 async function explainRefusal(s) {
   teardown();
-  showStatus('Refused: asking the proxy why…');
   const resumeFrom = s.lastId;
+  if (!resumeFrom && s.opened) {
+    // The stream was accepted and goes on in the proxy's journal, but no event came yet: its id
+    // is in the SSE preamble, which EventSource keeps to itself. Asking again could only start
+    // another answer, so say what happened instead.
+    showError('The connection was lost before the first token and the proxy refused to reconnect.');
+    finish('Failed');
+    return;
+  }
+  showStatus('Refused: asking the proxy why…');
   const requestId = resumeFrom ? '' : newRequestId();
   s.fetch = new AbortController();
   let res;
@@ -209,6 +218,7 @@ function start(prompt) {
     firstAt: 0,
     endedAt: 0,
     fetch: null,
+    opened: false,
   };
   listen(state.url);
   stopBtn.disabled = false;

@@ -35,7 +35,7 @@ export function engineSettings(c: Config): EngineSettings {
     streamMaxDurationMs: c.streamMaxDurationMs,
     upstreamResumeMax: c.upstreamResumeMax,
     maxEventBytes: c.maxEventBytes,
-    // Commit the head when the first heartbeat would be due: SSE then has its head and a ping.
+    // The head goes out alone when a heartbeat would be due: proxies see the stream open.
     headHoldMs: c.heartbeatMs,
   };
 }

@@ -78,7 +78,8 @@ export class RedisJournalStore implements JournalStore {
   private readonly redis: Redis;
   /** Budget accounting for the streams this process writes. */
   private readonly written = new Map<string, number>();
-  private readonly followersOpen = new Set<Redis>();
+  /** Open follows, each with its close (which also gives back its follower count). */
+  private readonly followersOpen = new Set<() => void>();
 
   constructor(
     url: string,
@@ -217,15 +218,15 @@ export class RedisJournalStore implements JournalStore {
   subscribe(id: string, afterSeq: number, handlers: SubscribeHandlers): Subscription {
     const conn = this.redis.duplicate({ enableAutoPipelining: false });
     conn.on('error', this.onError);
-    this.followersOpen.add(conn);
     let closed = false;
     const close = () => {
       if (closed) return;
       closed = true;
-      this.followersOpen.delete(conn);
+      this.followersOpen.delete(close);
       conn.disconnect();
       this.redis.decr(this.fKey(id)).catch(this.onError);
     };
+    this.followersOpen.add(close);
     this.redis
       .multi()
       .incr(this.fKey(id))
@@ -293,8 +294,9 @@ export class RedisJournalStore implements JournalStore {
   }
 
   async shutdown(): Promise<void> {
-    for (const c of this.followersOpen) c.disconnect();
-    this.followersOpen.clear();
+    // Give the follower counts back (queued before QUIT): another worker's recorder reads them
+    // to decide whether anyone still follows its stream.
+    for (const close of [...this.followersOpen]) close();
     // QUIT waits for a connection that may never come (Redis down): then just drop it.
     if (this.redis.status !== 'ready') this.redis.disconnect();
     else await this.redis.quit().catch(() => this.redis.disconnect());

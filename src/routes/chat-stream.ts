@@ -26,7 +26,11 @@ export function chatStreamRouter(
 ): Router {
   const router = Router();
 
-  const handle = async (req: Request, res: Response, fromQuery: boolean) => {
+  /**
+   * One request, to its end (a new stream's end includes its resume grace). `headOnly` (HEAD):
+   * every check a GET would make, then the head it would get, and nothing started or followed.
+   */
+  const handle = async (req: Request, res: Response, fromQuery: boolean, headOnly = false) => {
     const src = (fromQuery ? req.query : req.body) as Record<string, unknown>;
     const requestId = res.locals.requestId as string;
     const clientChoseId = req.headers['x-request-id'] === requestId;
@@ -34,7 +38,7 @@ export function chatStreamRouter(
     // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects; other clients
     // may put it in the query string, on GET and on POST alike.
     const lastEventId = req.headers['last-event-id'] ?? req.query.lastEventId;
-    if (lastEventId !== undefined) return resumeSse(res, String(lastEventId));
+    if (lastEventId !== undefined) return resumeSse(res, String(lastEventId), headOnly);
 
     // 2. Text resume: `curl -C -` sends Range; X-Resume-At is the plain alternative.
     const offset = resumeOffset(req);
@@ -46,7 +50,7 @@ export function chatStreamRouter(
         );
       const parsed = parseChatStreamRequest(src, fromQuery, 'text/plain', config);
       // The rest of this stream, and only for the request that started it.
-      return replay(res, requestId, 0, parsed, offset, 206, fingerprintOf(parsed));
+      return replay(res, requestId, 0, parsed, offset, 206, fingerprintOf(parsed), headOnly);
     }
 
     const parsed = parseChatStreamRequest(src, fromQuery, req.headers.accept, config);
@@ -64,10 +68,11 @@ export function chatStreamRouter(
             'this X-Request-ID belongs to a different request',
           );
         }
-        return replay(res, requestId, 0, parsed, 0, 200);
+        return replay(res, requestId, 0, parsed, 0, 200, undefined, headOnly);
       }
     }
     service.admit();
+    if (headOnly) return sinkFor(res, parsed, requestId).head();
     const claim = await journal.create(requestId, fingerprint, request);
     if (!claim.created) {
       // Lost a race with a concurrent request carrying the same id.
@@ -77,7 +82,7 @@ export function chatStreamRouter(
           'this X-Request-ID belongs to a different request',
         );
       }
-      return replay(res, requestId, 0, parsed, 0, 200);
+      return replay(res, requestId, 0, parsed, 0, 200, undefined, false);
     }
     return startStream(res, requestId, parsed, body, request);
   };
@@ -89,10 +94,7 @@ export function chatStreamRouter(
     body: ReturnType<typeof buildUpstreamBody>,
     json: string,
   ) {
-    const sink = new ResponseSink(res, framesFor(parsed, requestId), {
-      requestId,
-      heartbeatMs: config.heartbeatMs,
-    });
+    const sink = sinkFor(res, parsed, requestId);
     let abortStream: () => void = () => undefined;
     let handOff: () => void = () => undefined;
     const recorder = new StreamRecorder(journal, requestId, {
@@ -136,14 +138,12 @@ export function chatStreamRouter(
       },
       { json },
     );
-    // The client's stream slot is held until generation ends, the resume grace included.
-    res.locals.slotHeldUntil = run;
     await run;
     recorder.abandoned();
   }
 
   /** SSE resume after `<requestId>:<seq>`. */
-  async function resumeSse(res: Response, lastEventId: string) {
+  async function resumeSse(res: Response, lastEventId: string, headOnly: boolean) {
     const colon = lastEventId.lastIndexOf(':');
     const id = lastEventId.slice(0, colon);
     const seqText = lastEventId.slice(colon + 1);
@@ -166,6 +166,7 @@ export function chatStreamRouter(
       heartbeatMs: config.heartbeatMs,
       afterSeq: seq,
     });
+    if (headOnly) return sink.head();
     return follow(res, sink, id, seq);
   }
 
@@ -180,7 +181,8 @@ export function chatStreamRouter(
     parsed: ChatStreamRequest,
     skipBytes: number,
     status: number,
-    fingerprint?: string,
+    fingerprint: string | undefined,
+    headOnly: boolean,
   ) {
     const meta = await journal.meta(id);
     if (!meta || meta.overflow)
@@ -199,6 +201,7 @@ export function chatStreamRouter(
       skipBytes,
       textIncludesReasoning: parsed.includeReasoning,
     });
+    if (headOnly) return sink.head();
     return follow(res, sink, id, afterSeq);
   }
 
@@ -280,24 +283,30 @@ export function chatStreamRouter(
     if (config.resumeGraceMs > 0) recorder.detach();
   }
 
+  function sinkFor(res: Response, parsed: ChatStreamRequest, id: string): ResponseSink {
+    return new ResponseSink(res, framesFor(parsed, id), {
+      requestId: id,
+      heartbeatMs: config.heartbeatMs,
+    });
+  }
+
   function framesFor(parsed: ChatStreamRequest, id: string) {
     return parsed.format === 'sse'
       ? sseFrames(id, config.sseRetryMs)
       : textFrames(parsed.includeReasoning);
   }
 
-  // HEAD: the head a GET would get (or its error status), without starting a generation that
-  // nobody would read. Express would otherwise answer HEAD with the GET route, upstream included.
-  router.head('/chat-stream', (req, res) => {
-    const id = res.locals.requestId as string;
-    const resuming =
-      req.headers['last-event-id'] !== undefined || req.query.lastEventId !== undefined;
-    const frames = resuming
-      ? sseFrames(id, config.sseRetryMs)
-      : framesFor(parseChatStreamRequest(req.query, true, req.headers.accept, config), id);
-    new ResponseSink(res, frames, { requestId: id, heartbeatMs: config.heartbeatMs }).head();
-  });
-  router.get('/chat-stream', (req, res) => handle(req, res, true));
+  // The client's stream slot (middleware/rate-limit.ts) is held until the request is done with:
+  // for a new stream, until generation ends, the resume grace included, even if the client hung
+  // up while the journal claim was awaited.
+  const held = (res: Response, work: Promise<void>) => {
+    res.locals.slotHeldUntil = work;
+    return work;
+  };
+  // HEAD: what a GET would answer, status included, without starting or following a stream
+  // (Express would otherwise answer HEAD with the GET route, upstream included).
+  router.head('/chat-stream', (req, res) => handle(req, res, true, true));
+  router.get('/chat-stream', (req, res) => held(res, handle(req, res, true)));
   router.post('/chat-stream', (req, res) => {
     if (!req.is('application/json') && !req.is('+json')) {
       throw new ProxyError('unsupported_media_type', 'POST /chat-stream takes application/json');
@@ -305,7 +314,7 @@ export function chatStreamRouter(
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) {
       throw new ProxyError('invalid_request', 'the body must be a JSON object');
     }
-    return handle(req, res, false);
+    return held(res, handle(req, res, false));
   });
   router.all('/chat-stream', methodNotAllowed(['GET', 'POST']));
   return router;

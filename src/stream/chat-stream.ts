@@ -212,6 +212,9 @@ export class ChatStream implements DeltaSink {
           if (!this.opened) {
             this.listener.discard?.();
             this.dirty = false;
+            // The hold is for one accepted request waiting for its first token (a queue), not
+            // for retries: it starts again at the next attempt's 200.
+            this.clearHead();
           }
           const delay = backoffDelay(retries, this.backoff(), result.headers);
           retries++;

@@ -275,6 +275,45 @@ suite('demo page', () => {
     }
   }, 40_000);
 
+  it('a reconnect refused before the first token never starts a second answer', async () => {
+    // The head goes out alone after 300 ms of queue (no token yet), then the connection drops.
+    // EventSource reconnects into the same stream (the preamble's id), but the stream it left
+    // still holds the client's one stream slot during the grace: the reconnect is refused.
+    const s = await startStack({
+      sseRetryMs: 200,
+      heartbeatMs: 300,
+      resumeGraceMs: 10_000,
+      maxStreamsPerClient: 1,
+    });
+    const relay = await cuttableRelay(s.url);
+    const page = await browser.newPage();
+    try {
+      let requests = 0;
+      await page.route(
+        (url) => url.pathname === '/chat-stream',
+        (route) => {
+          requests++;
+          return route.continue();
+        },
+      );
+      const prompt = 'demo queue drop [[queue=3000 ka=100 tokens=5]]';
+      await ask(page, relay.url, prompt, false);
+      await waitFor(() => s.app.service.active.size === 1, 5000, 'the stream');
+      await new Promise((r) => setTimeout(r, 800)); // the head (300 ms hold) reached the page
+      relay.cutAll();
+      await statusStartsWith(page, 'Failed');
+      expect(await page.textContent('#error')).toMatch(/refused to reconnect/);
+      await new Promise((r) => setTimeout(r, 300));
+      // The stream and its refused reconnect: no request that could start another answer.
+      expect(requests).toBe(2);
+      expect(sentToUpstream(s, prompt)).toHaveLength(1);
+    } finally {
+      await page.close();
+      await relay.close();
+      await s.close();
+    }
+  }, 40_000);
+
   it('a reconnect refused after a drop shows stream_expired and Failed, not a truncated Done', async () => {
     // A per-stream journal budget smaller than the answer: after the drop it cannot be resumed.
     const s = await startStack({ sseRetryMs: 200, journalMaxBytesPerStream: 1024 });

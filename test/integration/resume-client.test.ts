@@ -89,6 +89,15 @@ describe('SSE resume with Last-Event-ID', () => {
     );
     expect(viaPost.status).toBe(204);
     expect(generations(prompt)).toBe(1);
+    // HEAD answers with the status the GET would get, and starts or follows nothing.
+    const head = (headers: Record<string, string>) =>
+      request(stack.url + q(prompt, '&format=sse'), { method: 'HEAD', headers });
+    expect((await head({ 'last-event-id': last.id! })).status).toBe(204);
+    expect((await head({ 'last-event-id': 'sse-complete:0' })).status).toBe(200);
+    expect((await head({ 'last-event-id': 'never-seen:3' })).status).toBe(410);
+    expect((await head({ 'last-event-id': 'garbage' })).status).toBe(400);
+    expect((await head({ 'x-request-id': 'never-seen', range: 'bytes=3-' })).status).toBe(410);
+    expect(generations(prompt)).toBe(1);
   });
 
   it('the eventsource client gets 204 after done and stops (no reconnect loop)', async () => {

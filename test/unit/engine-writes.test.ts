@@ -183,6 +183,22 @@ describe('engine: when the listener writes', () => {
     expect(failing.log).toEqual(['fail:upstream_unavailable:false']);
   });
 
+  it('the hold starts again with each attempt: retries never let it run out', async () => {
+    const first = new PassThrough();
+    const second = new PassThrough();
+    const { log, done } = setup(() => ({}), [first, second]);
+    await reading(first);
+    jest.advanceTimersByTime(HOLD - 10);
+    first.destroy(); // the first attempt fails just before its hold would have run out
+    await reading(second, 1);
+    jest.advanceTimersByTime(20); // past the first attempt's hold: nothing began
+    expect(log).toEqual([]);
+    jest.advanceTimersByTime(HOLD);
+    expect(log).toEqual(['open', 'flush']); // the second attempt's own hold
+    second.end(chunk({ content: 'x' }, 'stop') + 'data: [DONE]\n\n');
+    await done;
+  });
+
   it('reports a throwing end() as an internal error of this stream, not of the process', async () => {
     const { body, log, done, stream } = setup((log) => ({
       end: () => {
