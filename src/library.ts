@@ -41,7 +41,7 @@ export interface StreamChatOptions {
  * ProxyError; an aborted signal ends the iteration with an AbortError.
  */
 export async function* streamChat(options: StreamChatOptions): AsyncGenerator<ChatDelta> {
-  const config = loadConfig({ ...process.env, LOG_LEVEL: 'silent' });
+  const config = libraryConfig();
   const apiKey = options.apiKey ?? config.deepseekApiKey;
   if (!options.client && !apiKey) {
     throw new TypeError('streamChat needs an apiKey option or DEEPSEEK_API_KEY in the environment');
@@ -140,16 +140,63 @@ export async function* streamChat(options: StreamChatOptions): AsyncGenerator<Ch
   }
 }
 
-/** The answer text of streamChat() as a Node Readable (reasoning left out). */
+/**
+ * The answer text of streamChat() as a Node Readable (reasoning left out). destroy() aborts the
+ * upstream at once, even while a read waits for the next token (an iterator's return() would
+ * wait behind that read, for as long as a queue lasts).
+ */
 export function toReadable(options: StreamChatOptions): Readable {
-  const iterator = streamChat(options);
-  return Readable.from(
-    (async function* () {
-      for await (const d of iterator) if (d.type === 'content') yield d.text;
-    })(),
-    { objectMode: false },
-  );
+  const stop = new AbortController();
+  const outer = options.signal;
+  const onOuter = () => stop.abort(outer?.reason);
+  if (outer?.aborted) onOuter();
+  else outer?.addEventListener('abort', onOuter, { once: true });
+  const iterator = streamChat({ ...options, signal: stop.signal });
+  let pumping = false;
+  const readable = new Readable({
+    read() {
+      void pump();
+    },
+    destroy(err, callback) {
+      outer?.removeEventListener('abort', onOuter);
+      stop.abort(); // the pending read of the iterator ends with an AbortError, ignored here
+      callback(err);
+    },
+  });
+  // Pull deltas while the reader wants more; push() returning false waits for the next read().
+  async function pump(): Promise<void> {
+    if (pumping) return;
+    pumping = true;
+    try {
+      for (;;) {
+        const r = await iterator.next();
+        if (readable.destroyed) return;
+        if (r.done) {
+          readable.push(null);
+          return;
+        }
+        if (r.value.type === 'content' && !readable.push(r.value.text)) return;
+      }
+    } catch (err) {
+      if (!readable.destroyed) readable.destroy(err as Error);
+    } finally {
+      pumping = false;
+    }
+  }
+  return readable;
 }
+
+/**
+ * The engine's settings from the environment, and only the library's own variables (DeepSeek,
+ * upstream, retry and time limits): a server's PORT or NODE_ENV rules are not the library's.
+ */
+function libraryConfig() {
+  const env: NodeJS.ProcessEnv = { LOG_LEVEL: 'silent' };
+  for (const [k, v] of Object.entries(process.env)) if (LIBRARY_ENV.test(k)) env[k] = v;
+  return loadConfig(env);
+}
+const LIBRARY_ENV =
+  /^(DEEPSEEK_(API_KEY|BASE_URL|MODEL)|UPSTREAM_\w+|RETRY_\w+|STREAM_MAX_DURATION_MS|MAX_EVENT_BYTES)$/;
 
 function abortError(): Error {
   const e = new Error('the stream was aborted');

@@ -138,9 +138,11 @@ class OpenAiStreamSink implements StreamListener {
     });
     // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
   }
+  /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
   chunk(data: string): void {
     if (this.run !== undefined) this.closeRun();
-    this.pending += `data: ${data}\n\n`;
+    const lines = data.includes('\n') ? data.replaceAll('\n', '\ndata: ') : data;
+    this.pending += `data: ${lines}\n\n`;
   }
   // Hot path: the upstream's `data: <chunk>\n\n` lines go out as the very bytes that came in;
   // consecutive ones are one range of the upstream's buffer. No decode, no re-encode.

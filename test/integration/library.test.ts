@@ -82,6 +82,37 @@ describe('streamChat', () => {
     expect(parts.join('')).toBe(simulateAnswer('library readable').text);
   });
 
+  it('destroying the Readable while it waits for a token aborts the upstream at once', async () => {
+    const prompt = 'library readable destroy [[stall-first=4000]]';
+    const readable = toReadable({ ...opts(), prompt, thinking: false });
+    readable.on('error', () => undefined);
+    readable.resume();
+    const rec = () => sim.requests.find((r) => r.body.messages?.[0]?.content === prompt);
+    await waitFor(() => rec() !== undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    readable.destroy();
+    await waitFor(() => rec()!.clientClosed, 2000, 'the upstream abort');
+    expect(Date.now() - t0).toBeLessThan(2000); // not when the first token came (4 s)
+  });
+
+  it("ignores the server's settings: a production NODE_ENV or a bad PORT does not matter", async () => {
+    const saved = { NODE_ENV: process.env.NODE_ENV, PORT: process.env.PORT };
+    process.env.NODE_ENV = 'production';
+    process.env.PORT = 'notaport';
+    try {
+      let text = '';
+      for await (const d of streamChat({ ...opts(), prompt: 'library in production' }))
+        if (d.type === 'content') text += d.text;
+      expect(text).toBe(simulateAnswer('library in production').text);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+
   it('refuses to run without a key or a prompt, saying how to fix it', async () => {
     const it1 = streamChat({ baseUrl: sim.url, prompt: 'x', apiKey: undefined });
     const saved = process.env.DEEPSEEK_API_KEY;

@@ -56,6 +56,11 @@ const SCRIPTS: Record<
     then: 'reset',
   },
   'resume-refused': { chunks: [ROLE, token('A'), token('B')], then: 'reset', refuseSecond: true },
+  // One event whose JSON is split over two `data:` lines (valid SSE: the lines join with LF).
+  'multi-line': {
+    chunks: [ROLE, token('A').replace('"choices":', '\ndata: "choices":'), token('B'), FINISH],
+    then: 'done',
+  },
   'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
   'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
@@ -225,5 +230,27 @@ describe('a continuation the upstream refuses', () => {
     ]);
     const [, refused, continued] = times.slice(-3);
     expect(continued! - refused!).toBeGreaterThanOrEqual(250); // retry-after-ms: 300
+  });
+});
+
+describe('/v1 stream pass-through', () => {
+  it('an event split over several data: lines goes out as valid SSE', async () => {
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ stream: true, messages: [{ role: 'user', content: 'multi-line' }] }),
+    });
+    expect(res.status).toBe(200);
+    const events = res.body.split('\n\n').filter((e) => e !== '');
+    const contents: string[] = [];
+    for (const e of events) {
+      const lines = e.split('\n');
+      expect(lines.every((l) => l.startsWith('data: '))).toBe(true);
+      const data = lines.map((l) => l.slice(6)).join('\n');
+      if (data === '[DONE]') continue;
+      const c = JSON.parse(data).choices[0]?.delta?.content;
+      if (c) contents.push(c);
+    }
+    expect(contents.join('')).toBe('AB');
   });
 });
