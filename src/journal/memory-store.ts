@@ -98,6 +98,8 @@ export class MemoryJournalStore implements JournalStore {
     }
     e.bytes += bytes;
     this.totalBytes += bytes;
+    // A stream that runs longer than RESUME_TTL_S must not expire while it runs.
+    e.expiresAt = Date.now() + this.limits.ttlMs;
     e.meta.lastSeq = events[events.length - 1]?.seq ?? e.meta.lastSeq;
     if (e.subscribers.size > 0) this.notify(e, events);
     if (this.totalBytes > this.limits.maxBytesTotal) this.evict(id);

@@ -83,7 +83,9 @@ export class StreamRecorder implements StreamListener {
   }
 
   fail(err: ProxyError, opened: boolean): void {
-    if (!opened) {
+    // A stream taken over from another worker began long ago (its events are in the journal):
+    // its failure is an event like any other, never "nothing began".
+    if (!opened && this.opts.startSeq === undefined) {
       // Nothing began: forget the id so a retry with the same X-Request-ID starts afresh.
       this.finished = true;
       this.clearGrace();
@@ -159,7 +161,8 @@ export class StreamRecorder implements StreamListener {
   private async graceOver(): Promise<void> {
     this.grace = undefined;
     if (this.finished || this.client) return;
-    const followers = await this.store.followers(this.id).catch(() => 0);
+    // Unknown (Redis away) counts as followed: a blip must not stop a stream someone reads.
+    const followers = await this.store.followers(this.id).catch(() => -1);
     if (this.finished || this.client) return;
     if (followers === 0) this.opts.abort();
     else this.armGrace();

@@ -6,6 +6,7 @@
 // XREAD on a connection of their own, not polling loops.
 
 import Redis from 'ioredis';
+import { ProxyError } from '../errors';
 import {
   EVENT_OVERHEAD_BYTES,
   KIND_LETTER,
@@ -78,6 +79,8 @@ export class RedisJournalStore implements JournalStore {
   private readonly redis: Redis;
   /** Budget accounting for the streams this process writes. */
   private readonly written = new Map<string, number>();
+  /** Streams whose last append failed (Redis away): their journal stops, it never gets a hole. */
+  private readonly failed = new Set<string>();
   /** Open follows, each with its close (which also gives back its follower count). */
   private readonly followersOpen = new Set<() => void>();
 
@@ -146,6 +149,10 @@ export class RedisJournalStore implements JournalStore {
     const entries = await this.redis.xrange(this.eKey(id), `0-${afterSeq + 1}`, '+');
     const out: JournalEvent[] = [];
     for (const [entryId, fields] of entries) entryEvents(entryId, fields, afterSeq, out);
+    // An append lost while Redis was away leaves a hole: never replay it as if whole.
+    if (out.some((ev, i) => ev.seq !== afterSeq + 1 + i)) {
+      throw new ProxyError('stream_expired', 'that stream is unknown or expired');
+    }
     return out;
   }
 
@@ -170,7 +177,10 @@ export class RedisJournalStore implements JournalStore {
   append(id: string, events: JournalEvent[], bytes: number): boolean {
     const used = this.written.get(id);
     if (used === undefined) return false;
-    if (used + bytes > this.limits.maxBytesPerStream) {
+    if (this.failed.has(id) || used + bytes > this.limits.maxBytesPerStream) {
+      // Over budget, or an earlier append was lost: later ones would leave a gap that a resume
+      // would replay as if whole. Stop, and mark it (a resume is refused: 410).
+      this.failed.delete(id);
       this.written.delete(id);
       this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
       return false;
@@ -194,13 +204,29 @@ export class RedisJournalStore implements JournalStore {
       p.xadd(key, `0-${last.seq}`, 'k', kinds, 'n', lengths, 'd', data.join(''));
     }
     p.hset(this.mKey(id), 'lastSeq', String(last.seq));
-    if (used === 0) p.pexpire(key, this.limits.ttlMs);
-    p.exec().catch(this.onError);
+    // Both keys live RESUME_TTL_S past the last append: a stream that runs longer than that
+    // must not expire while it runs (the meta key would come back without a TTL).
+    p.pexpire(key, this.limits.ttlMs);
+    p.pexpire(this.mKey(id), this.limits.ttlMs);
+    p.exec().then(
+      (results) => {
+        const err = results?.find(([e]) => e)?.[0];
+        if (err) this.appendFailed(id, err);
+      },
+      (err: unknown) => this.appendFailed(id, err),
+    );
     return true;
+  }
+
+  private appendFailed(id: string, err: unknown): void {
+    this.onError(err);
+    if (this.written.has(id)) this.failed.add(id);
+    else this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
   }
 
   finish(id: string, state: 'done' | 'failed'): void {
     this.written.delete(id);
+    this.failed.delete(id);
     this.redis
       .multi()
       .hset(this.mKey(id), 'state', state)
@@ -253,6 +279,12 @@ export class RedisJournalStore implements JournalStore {
         const events: JournalEvent[] = [];
         for (const [entryId, fields] of entries) entryEvents(entryId, fields, last, events);
         for (const ev of events) {
+          if (ev.seq !== last + 1) {
+            // A hole (an append lost while Redis was away): end here, never skip over it.
+            close();
+            handlers.end();
+            return;
+          }
           last = ev.seq;
           handlers.event(ev);
           if (closed) return;

@@ -75,23 +75,35 @@ export function memorySlots(): StreamSlots {
   };
 }
 
-/** INCR then check; the key expires if a process dies holding slots. */
+/**
+ * A counter per client: INCR, and back down when over the cap, in one script. The key expires
+ * if a process dies holding slots; only a granted slot extends it, so a client refused again and
+ * again is not kept out for ever by a count that can no longer come down.
+ */
+const ACQUIRE_SCRIPT = `local n = redis.call('INCR', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+/** Release retries: a stream that ends while Redis is away still gives its slot back. */
+const RELEASE_RETRY_MS = [1000, 5000, 30_000, 120_000];
+
 export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:'): StreamSlots {
+  const release = (key: string, attempt: number): void => {
+    redis.decr(key).catch(() => {
+      const delay = RELEASE_RETRY_MS[attempt];
+      if (delay !== undefined) setTimeout(() => release(key, attempt + 1), delay).unref();
+    });
+  };
   return {
     async acquire(client, max) {
-      const key = prefix + client;
-      const [[, n]] = (await redis.multi().incr(key).pexpire(key, ttlMs).exec()) as [
-        [unknown, number],
-        unknown,
-      ];
-      if (n > max) {
-        await redis.decr(key);
-        return false;
-      }
-      return true;
+      return (await redis.eval(ACQUIRE_SCRIPT, 1, prefix + client, max, ttlMs)) === 1;
     },
     release(client) {
-      redis.decr(prefix + client).catch(() => undefined);
+      release(prefix + client, 0);
     },
   };
 }
