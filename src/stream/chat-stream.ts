@@ -118,6 +118,11 @@ export class ChatStream implements DeltaSink {
   private settle: ((r: AttemptResult) => void) | undefined;
   private wake: (() => void) | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** This attempt's chunks wait until one carries something (see releaseHeld). */
+  private holdChunks = false;
+  private held: string | undefined;
+  /** A chunk before the first token reached the listener (and was not discarded). */
+  private forwardedPreToken = false;
   /** Something was handed to the listener since the last flush. */
   private dirty = false;
   private flushScheduled = false;
@@ -212,6 +217,7 @@ export class ChatStream implements DeltaSink {
           if (!this.opened) {
             this.listener.discard?.();
             this.dirty = false;
+            this.forwardedPreToken = false;
             // The hold is for one accepted request waiting for its first token (a queue), not
             // for retries: it starts again at the next attempt's 200.
             this.clearHead();
@@ -278,6 +284,10 @@ export class ChatStream implements DeltaSink {
 
   private async attempt(): Promise<AttemptResult> {
     const resuming = this.answerParts.length > 0;
+    // The client has the answer's first chunks (its role chunk) already: a continuation's or a
+    // retry's chunks are held until they carry something, so that they are not sent twice.
+    this.holdChunks = this.forwardChunks && (this.sentToken || this.forwardedPreToken);
+    this.held = undefined;
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
     const body = resuming
       ? prefixContinuationBody(this.body, this.answerParts.join(''))
@@ -439,20 +449,43 @@ export class ChatStream implements DeltaSink {
   // ---- DeltaSink: called by the interpreter, per event ---------------------------------
 
   chunk(data: string): void {
-    if (this.forwardChunks) {
-      this.listener.chunk!(data);
-      this.dirty = true;
+    if (!this.forwardChunks) return;
+    if (this.holdChunks) {
+      this.held = data;
+      return;
     }
+    if (!this.sentToken) this.forwardedPreToken = true;
+    this.listener.chunk!(data);
+    this.dirty = true;
   }
 
   chunkBytes(buf: Buffer, start: number, end: number): void {
-    if (this.forwardChunks) {
-      this.listener.chunkBytes!(buf, start, end);
-      this.dirty = true;
+    if (!this.forwardChunks) return;
+    if (this.holdChunks) {
+      this.held = buf.toString('utf8', start, end);
+      return;
     }
+    if (!this.sentToken) this.forwardedPreToken = true;
+    this.listener.chunkBytes!(buf, start, end);
+    this.dirty = true;
+  }
+
+  /**
+   * The chunk just held carried something (a token, a finish, usage): forward it, and the rest
+   * of this attempt's chunks as they come. A held chunk that carried nothing (the role chunk a
+   * continuation or a retry starts with) is replaced by the next one, never forwarded.
+   */
+  private releaseHeld(): void {
+    this.holdChunks = false;
+    const held = this.held;
+    this.held = undefined;
+    if (held === undefined) return;
+    this.listener.chunk!(held);
+    this.dirty = true;
   }
 
   content(text: string): void {
+    if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
     if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
@@ -463,6 +496,7 @@ export class ChatStream implements DeltaSink {
   }
 
   reasoning(text: string): void {
+    if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
     if (!this.forwardChunks) {
@@ -472,11 +506,13 @@ export class ChatStream implements DeltaSink {
   }
 
   toolCall(): void {
+    if (this.holdChunks) this.releaseHeld();
     // Forwarded as chunks; once one went out, a retry would repeat it: the answer has begun.
     if (!this.sentToken) this.firstToken();
   }
 
   finish(reason: string, usage: Usage | undefined): void {
+    if (this.holdChunks && reason !== CUT_OFF_FINISH) this.releaseHeld();
     if (usage) this.usageSeen = usage;
     if (NORMAL_FINISH.has(reason)) {
       this.finishReason = reason;
@@ -494,6 +530,7 @@ export class ChatStream implements DeltaSink {
   }
 
   usage(usage: Usage): void {
+    if (this.holdChunks) this.releaseHeld();
     this.usageSeen = usage;
   }
 

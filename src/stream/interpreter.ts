@@ -2,6 +2,8 @@
 // Pure. Knows DeepSeek's chunk shapes: `content: null` while thinking, `usage` on the finish
 // chunk or in an extra `choices: []` chunk, `data: [DONE]` at the end.
 
+import { CUT_OFF_FINISH } from '../upstream/deepseek';
+
 export interface Usage {
   prompt_tokens?: number;
   completion_tokens?: number;
@@ -301,8 +303,17 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     sink.upstreamError(typeof m === 'string' ? m : 'the upstream reported an error');
     return;
   }
-  sink.chunk(data);
   const choice = chunk.choices?.[0];
+  if (choice && choice.finish_reason === CUT_OFF_FINISH) {
+    // Not a finish for the client: the answer goes on (continued upstream) or ends in an error.
+    // Pass-through formats get the chunk without it, and only if it carries a delta.
+    const d = choice.delta;
+    if (d && (d.content || d.reasoning_content || d.tool_calls)) {
+      choice.finish_reason = null;
+      delete chunk.usage;
+      sink.chunk(JSON.stringify(chunk));
+    }
+  } else sink.chunk(data);
   if (choice === undefined) {
     if (chunk.usage) sink.usage(chunk.usage);
     else if (!Array.isArray(chunk.choices)) sink.invalid('chunk without choices');

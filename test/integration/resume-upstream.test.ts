@@ -109,6 +109,34 @@ describe('upstream resume at the seam', () => {
     expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('stop');
   });
 
+  it.each([
+    ['a cut-off finish', 'finish=insufficient_system_resource finish-after=5 delay=1'],
+    ['a reset', 'reset=5 delay=1'],
+  ])(
+    '/v1 stream: %s is continued as one answer, one role chunk, no cut-off finish',
+    async (_n, d) => {
+      const res = await request(`${stack.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          stream: true,
+          thinking: { type: 'disabled' },
+          messages: [{ role: 'user', content: `${BASE} [[${d}]]` }],
+        }),
+      });
+      const chunks = res.body
+        .split('\n\n')
+        .filter((e) => e.startsWith('data: {'))
+        .map((e) => JSON.parse(e.slice(6)));
+      const text = chunks.map((c) => c.choices?.[0]?.delta?.content ?? '').join('');
+      expect(text).toBe(simulateAnswer(BASE).text);
+      expect(chunks.filter((c) => c.choices?.[0]?.delta?.role)).toHaveLength(1);
+      const finishes = chunks.map((c) => c.choices?.[0]?.finish_reason).filter((f) => f);
+      expect(finishes).toEqual(['stop']);
+      expect(res.body.endsWith('data: [DONE]\n\n')).toBe(true);
+    },
+  );
+
   it('an idle upstream mid-answer is continued', async () => {
     const prompt = `${BASE} [[stall-after=6 stall=3000 delay=1]]`;
     const res = await request(stack.url + q(prompt, '&thinking=false'));
