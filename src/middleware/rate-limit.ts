@@ -120,10 +120,23 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
       });
     }
     let released = false;
+    let held = 1;
     const release = () => {
       if (released) return;
       released = true;
-      slots.release(client);
+      for (; held > 0; held--) slots.release(client);
+    };
+    // A request that runs several streams (a batch) takes one slot for each.
+    res.locals.takeMoreSlots = async (n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        if (released || !(await slots.acquire(client, max))) {
+          onLimited?.();
+          throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
+            retryAfterS: 1,
+          });
+        }
+        held++;
+      }
     };
     // A stream the client left may go on generating for the resume grace: it keeps its slot
     // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would

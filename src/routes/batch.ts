@@ -1,7 +1,8 @@
 // routes/batch.ts: POST /chat-stream/batch runs 1 to 8 prompts concurrently and interleaves
 // their events in one SSE (or NDJSON) response; every event carries its prompt's `index`, each
 // prompt ends with its own done or error, and a final `end` closes the batch. Batches are not
-// journaled (no resume); each prompt counts against the global stream cap.
+// journaled (no resume); each prompt counts against the global and the per-client stream caps.
+// SSE batches get `: ping` heartbeats while no prompt sends anything.
 
 import { Router } from 'express';
 import type { Config } from '../config';
@@ -68,6 +69,9 @@ export function batchRouter(config: Config, service: ChatService): Router {
       src.format === 'ndjson' || (req.headers.accept ?? '').includes('application/x-ndjson');
     const format = ndjson ? NDJSON : SSE;
     for (let i = 0; i < bodies.length; i++) service.admit(i);
+    // The request holds one of the client's stream slots already (middleware/rate-limit.ts).
+    const takeMoreSlots = res.locals.takeMoreSlots as ((n: number) => Promise<void>) | undefined;
+    await takeMoreSlots?.(bodies.length - 1);
 
     const requestId = res.locals.requestId as string;
     res.writeHead(200, {
@@ -87,8 +91,19 @@ export function batchRouter(config: Config, service: ChatService): Router {
     res.on('close', () => {
       if (!res.writableFinished) for (const s of streams) s.abort();
     });
+    // Heartbeats (SSE only: NDJSON has no comment line), as on /chat-stream.
+    let wrote = false;
+    const heartbeat = ndjson
+      ? undefined
+      : setInterval(() => {
+          if (!wrote && !res.destroyed) res.write(': ping\n\n');
+          wrote = false;
+        }, config.heartbeatMs);
+    heartbeat?.unref();
+    res.on('close', () => clearInterval(heartbeat));
     const write = (text: string): boolean => {
       if (res.destroyed) return true;
+      wrote = true;
       const ok = res.write(text);
       if (!ok && !paused) {
         paused = true;
@@ -112,6 +127,7 @@ export function batchRouter(config: Config, service: ChatService): Router {
         ),
       ),
     );
+    clearInterval(heartbeat);
     if (!res.destroyed) res.end(format.end);
   });
   router.all('/chat-stream/batch', methodNotAllowed(['POST']));

@@ -35,6 +35,26 @@ describe('heartbeats', () => {
   });
 });
 
+describe('batch heartbeats', () => {
+  it('an SSE batch waiting on its prompts gets ": ping" comments', async () => {
+    const stack = await startStack({ heartbeatMs: 100 });
+    try {
+      const res = await request(stack.url + '/chat-stream/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          prompts: ['queued a [[stall-first=500]]', 'queued b [[stall-first=500]]'],
+        }),
+      });
+      const { comments } = parseSse(res.body);
+      expect(comments.filter((c) => c === 'ping').length).toBeGreaterThanOrEqual(2);
+      expect(res.body.endsWith('event: end\ndata: {}\n\n')).toBe(true);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
 describe('MAX_CONCURRENT_STREAMS', () => {
   it('answers 503 overloaded with Retry-After when the cap is reached, and recovers', async () => {
     const stack = await startStack({ maxConcurrentStreams: 2 });

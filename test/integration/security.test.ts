@@ -87,6 +87,31 @@ describe('per-client stream cap and the resume grace', () => {
   });
 });
 
+describe('per-client stream cap and batches', () => {
+  it("each prompt of a batch takes one of the client's stream slots", async () => {
+    const stack = await startStack({ maxStreamsPerClient: 2 });
+    try {
+      const batch = (n: number) =>
+        request(stack.url + '/chat-stream/batch', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ prompts: Array.from({ length: n }, (_, i) => `slot ${n}.${i}`) }),
+        });
+      const three = await batch(3);
+      expect(three.status).toBe(429);
+      expect(JSON.parse(three.body).error.code).toBe('rate_limited');
+      expect(stack.sim.requests).toHaveLength(0);
+      const two = await batch(2);
+      expect(two.status).toBe(200);
+      expect(two.body.endsWith('event: end\ndata: {}\n\n')).toBe(true);
+      // Both slots came back: a single stream is let in again.
+      expect((await request(stack.url + q('after the batches'))).status).toBe(200);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
 describe('client keys', () => {
   const plain = 'client-key-plain-123';
   const hashed = 'client-key-hashed-456';
