@@ -79,6 +79,8 @@ export class RedisJournalStore implements JournalStore {
   private readonly redis: Redis;
   /** Budget accounting for the streams this process writes. */
   private readonly written = new Map<string, number>();
+  /** When each stream's keys last had their TTL set (see append). */
+  private readonly refreshed = new Map<string, number>();
   /** Streams whose last append failed (Redis away): their journal stops, it never gets a hole. */
   private readonly failed = new Set<string>();
   /** Open follows, each with its close (which also gives back its follower count). */
@@ -158,6 +160,7 @@ export class RedisJournalStore implements JournalStore {
 
   handoff(id: string): void {
     this.written.delete(id);
+    this.refreshed.delete(id);
     this.redis.hset(this.mKey(id), 'state', 'handoff').catch(this.onError);
   }
 
@@ -182,6 +185,7 @@ export class RedisJournalStore implements JournalStore {
       // would replay as if whole. Stop, and mark it (a resume is refused: 410).
       this.failed.delete(id);
       this.written.delete(id);
+      this.refreshed.delete(id);
       this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
       return false;
     }
@@ -204,10 +208,15 @@ export class RedisJournalStore implements JournalStore {
       p.xadd(key, `0-${last.seq}`, 'k', kinds, 'n', lengths, 'd', data.join(''));
     }
     p.hset(this.mKey(id), 'lastSeq', String(last.seq));
-    // Both keys live RESUME_TTL_S past the last append: a stream that runs longer than that
-    // must not expire while it runs (the meta key would come back without a TTL).
-    p.pexpire(key, this.limits.ttlMs);
-    p.pexpire(this.mKey(id), this.limits.ttlMs);
+    // Both keys live RESUME_TTL_S past the last append, give or take a quarter of it: a stream
+    // that runs longer than the TTL must not expire while it runs (the meta key would come back
+    // without a TTL). Set again when a quarter of the TTL has gone by, not on every append.
+    const now = Date.now();
+    if (now - (this.refreshed.get(id) ?? 0) > this.limits.ttlMs / 4) {
+      this.refreshed.set(id, now);
+      p.pexpire(key, this.limits.ttlMs);
+      p.pexpire(this.mKey(id), this.limits.ttlMs);
+    }
     p.exec().then(
       (results) => {
         const err = results?.find(([e]) => e)?.[0];
@@ -227,6 +236,7 @@ export class RedisJournalStore implements JournalStore {
   finish(id: string, state: 'done' | 'failed'): void {
     this.written.delete(id);
     this.failed.delete(id);
+    this.refreshed.delete(id);
     this.redis
       .multi()
       .hset(this.mKey(id), 'state', state)
@@ -238,6 +248,7 @@ export class RedisJournalStore implements JournalStore {
 
   remove(id: string): void {
     this.written.delete(id);
+    this.refreshed.delete(id);
     this.redis.del(this.mKey(id), this.eKey(id)).catch(this.onError);
   }
 
