@@ -154,7 +154,7 @@ export function chatStreamRouter(
     const meta = await journal.meta(id);
     if (!meta || meta.overflow)
       throw new ProxyError('stream_expired', 'that stream is unknown or expired');
-    if (meta.state === 'handoff') await takeOver(meta);
+    if (meta.state === 'handoff' && !headOnly) await takeOver(meta);
     if ((meta.state === 'done' || meta.state === 'failed') && seq >= meta.lastSeq) {
       // Everything was delivered: 204 tells EventSource to stop reconnecting.
       res.setHeader('X-Request-Id', id);
@@ -193,7 +193,7 @@ export function chatStreamRouter(
         'this X-Request-ID belongs to a different request',
       );
     }
-    if (meta.state === 'handoff') await takeOver(meta);
+    if (meta.state === 'handoff' && !headOnly) await takeOver(meta);
     const sink = new ResponseSink(res, framesFor(parsed, id), {
       requestId: id,
       heartbeatMs: config.heartbeatMs,
@@ -246,6 +246,9 @@ export function chatStreamRouter(
    */
   async function takeOver(meta: StreamMeta): Promise<void> {
     if (service.draining || !meta.request) return;
+    // A continuation is a stream like any other: the global cap applies (503 overloaded; the
+    // client comes back, and the stream waits in the journal).
+    service.admit();
     const events = await journal.read(meta.id, 0);
     if (!(await journal.claim(meta.id))) return;
     let prefix = '';

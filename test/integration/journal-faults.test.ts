@@ -10,7 +10,7 @@ import { RedisJournalStore } from '../../src/journal/redis-store';
 import type { JournalEvent, JournalStore } from '../../src/journal/types';
 import { redisSlots } from '../../src/middleware/rate-limit';
 import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
-import { waitFor } from '../helpers/stack';
+import { parseSse, q, request, startStack, waitFor } from '../helpers/stack';
 
 const ev = (seq: number, kind: JournalEvent['kind'] = 'content'): JournalEvent => ({
   seq,
@@ -115,7 +115,7 @@ describeWithRedis('Redis journal and slots', () => {
     expect(got).toEqual([1, 2, 3]);
   });
 
-  it('every append gives both keys the full TTL again', async () => {
+  it('appends keep both keys living a full TTL past the last one', async () => {
     const short = new RedisJournalStore(redis.url, { ...limits, ttlMs: 2000 }, 'jt:');
     try {
       await short.create('ttl', 'fp');
@@ -129,6 +129,50 @@ describeWithRedis('Redis journal and slots', () => {
       await short.shutdown();
     }
   });
+
+  it('taking over a handed-off stream counts against the global cap; HEAD never takes over', async () => {
+    const stack = await startStack({ redisUrl: redis.url, maxConcurrentStreams: 1 });
+    const seed = new RedisJournalStore(redis.url, limits, 'dsp:');
+    try {
+      const request_ = JSON.stringify({
+        model: 'deepseek-v4-flash',
+        messages: [{ role: 'user', content: 'handed over' }],
+        stream: true,
+        stream_options: { include_usage: true },
+        thinking: { type: 'disabled' },
+      });
+      await seed.create('handed', 'fp', request_);
+      seed.append('handed', [ev(1), ev(2), ev(3)], 30);
+      seed.handoff('handed');
+      await sleep(100);
+      // The one stream the proxy may run is busy.
+      const busy = request(stack.url + q('occupier [[tokens=300 delay=10]]'), {
+        onChunk: () => undefined,
+      });
+      await waitFor(() => stack.app.service.active.size === 1);
+      const resume = () =>
+        request(stack.url + '/chat-stream', { headers: { 'last-event-id': 'handed:3' } });
+      const refused = await resume();
+      expect(refused.status).toBe(503);
+      expect(JSON.parse(refused.body).error.code).toBe('overloaded');
+      const head = await request(stack.url + '/chat-stream', {
+        method: 'HEAD',
+        headers: { 'last-event-id': 'handed:3' },
+      });
+      expect(head.status).toBe(200);
+      expect(stack.sim.requests.some((r) => r.path.startsWith('/beta'))).toBe(false);
+      await busy;
+      await waitFor(() => stack.app.service.active.size === 0);
+      const taken = await resume();
+      expect(taken.status).toBe(200);
+      const events = parseSse(taken.body).events;
+      expect(events[0]!.id).toBe('handed:4');
+      expect(events.at(-1)!.event).toBe('done');
+    } finally {
+      await seed.shutdown();
+      await stack.close();
+    }
+  }, 30_000);
 
   it('a refused acquire does not extend the count of a client it refuses', async () => {
     const slots = redisSlots(client, 60_000, 'js:');
