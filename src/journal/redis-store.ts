@@ -158,9 +158,21 @@ export class RedisJournalStore implements JournalStore {
     return out;
   }
 
-  handoff(id: string): void {
+  /** This process writes no more to the stream. */
+  private forget(id: string): void {
     this.written.delete(id);
     this.refreshed.delete(id);
+    this.failed.delete(id);
+  }
+
+  /** Its journal can no longer be complete: a resume is refused (410). */
+  private markOverflow(id: string): void {
+    this.forget(id);
+    this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
+  }
+
+  handoff(id: string): void {
+    this.forget(id);
     this.redis.hset(this.mKey(id), 'state', 'handoff').catch(this.onError);
   }
 
@@ -183,10 +195,7 @@ export class RedisJournalStore implements JournalStore {
     if (this.failed.has(id) || used + bytes > this.limits.maxBytesPerStream) {
       // Over budget, or an earlier append was lost: later ones would leave a gap that a resume
       // would replay as if whole. Stop, and mark it (a resume is refused: 410).
-      this.failed.delete(id);
-      this.written.delete(id);
-      this.refreshed.delete(id);
-      this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
+      this.markOverflow(id);
       return false;
     }
     this.written.set(id, used + bytes);
@@ -229,14 +238,13 @@ export class RedisJournalStore implements JournalStore {
 
   private appendFailed(id: string, err: unknown): void {
     this.onError(err);
+    // Still writing: the next append stops the journal; else mark it now.
     if (this.written.has(id)) this.failed.add(id);
-    else this.redis.hset(this.mKey(id), 'overflow', '1').catch(this.onError);
+    else this.markOverflow(id);
   }
 
   finish(id: string, state: 'done' | 'failed'): void {
-    this.written.delete(id);
-    this.failed.delete(id);
-    this.refreshed.delete(id);
+    this.forget(id);
     this.redis
       .multi()
       .hset(this.mKey(id), 'state', state)
@@ -247,8 +255,7 @@ export class RedisJournalStore implements JournalStore {
   }
 
   remove(id: string): void {
-    this.written.delete(id);
-    this.refreshed.delete(id);
+    this.forget(id);
     this.redis.del(this.mKey(id), this.eKey(id)).catch(this.onError);
   }
 

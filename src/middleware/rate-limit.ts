@@ -113,14 +113,18 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     if (max <= 0) return next();
     const client = clientKey(req, res);
-    if (!(await slots.acquire(client, max))) {
+    let released = false;
+    let held = 0;
+    const take = async (): Promise<void> => {
+      // A response already gone takes no more slots (they would never come back).
+      if (!released && (await slots.acquire(client, max))) return;
       onLimited?.();
       throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
         retryAfterS: 1,
       });
-    }
-    let released = false;
-    let held = 1;
+    };
+    await take();
+    held = 1;
     const release = () => {
       if (released) return;
       released = true;
@@ -129,12 +133,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     // A request that runs several streams (a batch) takes one slot for each.
     res.locals.takeMoreSlots = async (n: number): Promise<void> => {
       for (let i = 0; i < n; i++) {
-        if (released || !(await slots.acquire(client, max))) {
-          onLimited?.();
-          throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
-            retryAfterS: 1,
-          });
-        }
+        await take();
         held++;
       }
     };

@@ -1,7 +1,7 @@
 // Retries before the first token: counted at the simulator.
 
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { freePort } from '../helpers/free-port';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { parseSse, q, request, sseText, startStack, waitFor, type Stack } from '../helpers/stack';
 
@@ -98,11 +98,7 @@ describe('retry before the first token', () => {
 
 describe('connection failures', () => {
   it('an upstream that refuses connections is retried, then 503 upstream_unavailable', async () => {
-    // A port that was just free: nothing listens there.
-    const probe = http.createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise<void>((r) => probe.close(() => r()));
+    const port = await freePort(); // nothing listens there
     const dead = await startStack({
       deepseekBaseUrl: `http://127.0.0.1:${port}`,
       retryMax: 2,

@@ -120,6 +120,14 @@ afterAll(async () => {
   await new Promise<void>((r) => upstream.close(() => r()));
 });
 
+/** POST /v1/chat/completions with one user message. */
+const v1 = (content: string, stream = false) =>
+  request(`${stack.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ stream, messages: [{ role: 'user', content }] }),
+  });
+
 describe('a token chunk with a broken envelope', () => {
   it('is an in-band upstream_protocol_error on SSE, and its token is not delivered', async () => {
     const res = await request(stack.url + q('broken-envelope', '&format=sse&thinking=false'));
@@ -131,11 +139,7 @@ describe('a token chunk with a broken envelope', () => {
   });
 
   it('is a 502 for a non-stream /v1 request, and the proxy keeps serving', async () => {
-    const res = await request(`${stack.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages: [{ role: 'user', content: 'broken-envelope' }] }),
-    });
+    const res = await v1('broken-envelope');
     expect(res.status).toBe(502);
     expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
     const again = await request(stack.url + q('finish-then-reset'));
@@ -143,11 +147,7 @@ describe('a token chunk with a broken envelope', () => {
   });
 
   it('a chunk shape the non-stream answer cannot use is a 502, not a crash', async () => {
-    const res = await request(`${stack.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages: [{ role: 'user', content: 'tool-calls-not-array' }] }),
-    });
+    const res = await v1('tool-calls-not-array');
     expect(res.status).toBe(502);
     expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
   });
@@ -169,15 +169,8 @@ describe('an answer that finished before [DONE]', () => {
 });
 
 describe('an upstream that accepts the request and breaks before the first token', () => {
-  const v1 = (content: string) =>
-    request(`${stack.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ stream: true, messages: [{ role: 'user', content }] }),
-    });
-
   it('is retried invisibly: /v1 sends the role chunk once', async () => {
-    const res = await v1('early-close-once');
+    const res = await v1('early-close-once', true);
     expect(res.status).toBe(200);
     const roles = res.body.split('\n\n').filter((l) => l.includes('"role":"assistant"'));
     expect(roles).toHaveLength(1);
@@ -188,7 +181,7 @@ describe('an upstream that accepts the request and breaks before the first token
     for (const res of [
       await request(stack.url + q('early-close-always')),
       await request(stack.url + q('early-close-always', '&format=sse')),
-      await v1('early-close-always'),
+      await v1('early-close-always', true),
     ]) {
       expect(res.status).toBe(503);
       expect(res.headers['content-type']).toMatch(/^application\/json/);
@@ -200,14 +193,7 @@ describe('an upstream that accepts the request and breaks before the first token
 describe('tool calls', () => {
   it('a tool-call chunk begins the answer: it goes out, and a break after it is not retried', async () => {
     const before = paths.length;
-    const res = await request(`${stack.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        stream: true,
-        messages: [{ role: 'user', content: 'tool-call-then-reset' }],
-      }),
-    });
+    const res = await v1('tool-call-then-reset', true);
     expect(res.status).toBe(200);
     const events = res.body.split('\n\n').filter((l) => l.startsWith('data: '));
     expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
@@ -235,11 +221,7 @@ describe('a continuation the upstream refuses', () => {
 
 describe('/v1 stream pass-through', () => {
   it('an event split over several data: lines goes out as valid SSE', async () => {
-    const res = await request(`${stack.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ stream: true, messages: [{ role: 'user', content: 'multi-line' }] }),
-    });
+    const res = await v1('multi-line', true);
     expect(res.status).toBe(200);
     const events = res.body.split('\n\n').filter((e) => e !== '');
     const contents: string[] = [];
