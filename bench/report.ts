@@ -7,9 +7,11 @@ import type { WindowProfile } from './profile';
 import type { Machine } from './proc';
 import type { Scenario, Target } from './scenarios';
 import {
+  costModel,
   derive,
   fmt,
   MEM_MIN_OPEN,
+  modelCpuPerToken,
   roundRatios,
   type Derived,
   type Measurement,
@@ -232,7 +234,7 @@ function results(info: RunInfo): string {
     out.push(`## ${sc.title}`);
     out.push('');
     out.push(`${sc.what[0]!.toUpperCase()}${sc.what.slice(1)}.`);
-    const framing = sc.variants.length > 1;
+    const framing = sc.key === 'framing';
     const rows: string[][] = [];
     let cols: Column[] = [];
     for (const v of sc.variants) {
@@ -258,6 +260,7 @@ function results(info: RunInfo): string {
         out.push(`<sub>${context(vs)}</sub>`);
       }
     }
+    if (sc.key === 'cost') out.push(...costSection(info, ms));
     if (framing && rows.length) {
       out.push('');
       out.push(
@@ -285,6 +288,50 @@ function results(info: RunInfo): string {
     for (const n of info.notes) out.push(`- ${n}`);
   }
   return out.join('\n');
+}
+
+/** The cost scenario's two runs of each target as one line each: fixed and per-token CPU. */
+function costSection(info: RunInfo, ms: Measurement[]): string[] {
+  const model = (target: string) => {
+    const short = ms.find((x) => x.target === target && x.variant === 'short');
+    const long = ms.find((x) => x.target === target && x.variant === 'long');
+    return short && long ? costModel(short, long) : undefined;
+  };
+  const base = model('baseline');
+  if (!base) return [];
+  const lengths = [20, 200, 1000];
+  const rows: string[][] = [];
+  for (const t of info.targets) {
+    const m = model(t.key);
+    if (!m) continue;
+    const vs = (x: number, y: number) => (t.key === 'baseline' ? '' : ` (${fmt.ratio(x / y)})`);
+    rows.push([
+      t.label,
+      `${fmt.int(m.fixedUs)}${vs(m.fixedUs, base.fixedUs)}`,
+      `${fmt.us(m.perTokenUs)}${vs(m.perTokenUs, base.perTokenUs)}`,
+      ...lengths.map((n) =>
+        t.key === 'baseline'
+          ? fmt.us(modelCpuPerToken(m, n))
+          : fmt.ratio(modelCpuPerToken(m, n) / modelCpuPerToken(base, n)),
+      ),
+    ]);
+  }
+  return [
+    '',
+    'CPU per stream = fixed + per token x tokens, the line through the two runs above. The last ' +
+      'columns are what that line gives for CPU per token at other answer lengths, as a ratio ' +
+      "to the pipe's (the pipe's own in µs).",
+    '',
+    table(
+      [
+        'target',
+        'fixed µs/stream',
+        'µs per token',
+        ...lengths.map((n) => `CPU/token at ${n} tokens`),
+      ],
+      rows,
+    ),
+  ];
 }
 
 interface Column {

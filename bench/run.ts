@@ -35,6 +35,7 @@ import {
 import {
   addProbeResults,
   addResults,
+  costModel,
   derive,
   emptyMeasurement,
   fmt,
@@ -52,7 +53,7 @@ const HELP = `npm run bench -- [options]
 
   --quick              small counts: a smoke run in well under a minute
   --scenario NAME      only this scenario (repeatable; comma lists work): latency, throughput,
-                       slow, framing
+                       cost, slow, framing
   --target KEY         only these targets besides the baseline: sse, sse-redis (sse from a proxy
                        journaling to a redis-server the bench starts; skipped with a note when
                        redis-server is not installed), text, v1, and the experiment sse-post
@@ -396,6 +397,25 @@ function printMeasurement(m: Measurement, base: Measurement | undefined): void {
   );
 }
 
+function printCostModels(ms: Measurement[], targets: Target[]): void {
+  const fit = (key: string) => {
+    const short = ms.find((x) => x.target === key && x.variant === 'short');
+    const long = ms.find((x) => x.target === key && x.variant === 'long');
+    return short && long ? costModel(short, long) : undefined;
+  };
+  const base = fit('baseline');
+  for (const t of targets) {
+    const m = fit(t.key);
+    if (!m) continue;
+    const r = (x: number, y: number | undefined) =>
+      y === undefined || t.key === 'baseline' ? '' : ` (${fmt.ratio(x / y)})`;
+    log(
+      `  ${t.key.padEnd(9)} fixed ${fmt.int(m.fixedUs)}${r(m.fixedUs, base?.fixedUs)} µs/stream` +
+        ` + ${fmt.us(m.perTokenUs)}${r(m.perTokenUs, base?.perTokenUs)} µs/token`,
+    );
+  }
+}
+
 async function runScenario(
   sc: Scenario,
   targets: Target[],
@@ -441,6 +461,7 @@ async function runScenario(
       for (const t of live) printMeasurement(ms.get(t.key)!, base);
       out.push(...ms.values());
     }
+    if (sc.key === 'cost') printCostModels(out, live);
   } finally {
     await stopStack(stack);
   }

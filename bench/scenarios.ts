@@ -209,6 +209,35 @@ export function scenarios(quick: boolean): Scenario[] {
       ],
     },
     {
+      key: 'cost',
+      title: 'Cost per stream and per token',
+      what:
+        '50 at a time, as fast as the upstream can go, answers of 20 and of 1000 tokens: the CPU ' +
+        'split into a fixed cost per stream and a cost per token',
+      variants: [
+        {
+          key: 'short',
+          label: `${q(5000, 500)} x 20 tokens, 50 at a time`,
+          streams: q(5000, 500),
+          concurrency: 50,
+          tokens: 20,
+          directives: '',
+          warmup: { streams: q(500, 100), concurrency: 50, tokens: 20, directives: '' },
+          timeoutMs: 60_000,
+        },
+        {
+          key: 'long',
+          label: `${q(200, 40)} x 1000 tokens, 50 at a time`,
+          streams: q(200, 40),
+          concurrency: 50,
+          tokens: 1000,
+          directives: '',
+          warmup: { streams: q(50, 20), concurrency: 50, tokens: 1000, directives: '' },
+          timeoutMs: 120_000,
+        },
+      ],
+    },
+    {
       key: 'slow',
       title: 'Many slow streams',
       what: 'all streams open at once, 20 ms per token: memory per open stream, tail latency',

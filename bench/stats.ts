@@ -201,6 +201,35 @@ export function roundRatios(m: Measurement, base: Measurement, what: RoundFigure
   return a.map((r, i) => value(r) / value(b[i]!));
 }
 
+/**
+ * A target's CPU as a straight line in the answer's length: `fixedUs` per stream (accepting the
+ * request, routing, the upstream request, the log line) plus `perTokenUs` for each token. Fitted
+ * through two runs that differ only in tokens per stream (the `cost` scenario); it says which of
+ * the two a ratio at some answer length is made of.
+ */
+export interface CostModel {
+  fixedUs: number;
+  perTokenUs: number;
+}
+
+/** The line through (tokens per stream, CPU per stream) of a short and a long run; NaN if unfit. */
+export function costModel(short: Measurement, long: Measurement): CostModel {
+  const point = (m: Measurement) => ({
+    tokens: m.streams > 0 ? m.tokens / m.streams : NaN,
+    cpu: m.streams > 0 ? m.cpuUs / m.streams : NaN,
+  });
+  const a = point(short);
+  const b = point(long);
+  if (!(b.tokens > a.tokens)) return { fixedUs: NaN, perTokenUs: NaN };
+  const perTokenUs = (b.cpu - a.cpu) / (b.tokens - a.tokens);
+  return { fixedUs: a.cpu - perTokenUs * a.tokens, perTokenUs };
+}
+
+/** CPU per token the model predicts for answers of `tokens` tokens. */
+export function modelCpuPerToken(m: CostModel, tokens: number): number {
+  return m.fixedUs / tokens + m.perTokenUs;
+}
+
 export const fmt = {
   ms: (v: number) => (Number.isNaN(v) ? '-' : v < 10 ? v.toFixed(2) : v.toFixed(1)),
   us: (v: number) => (Number.isNaN(v) ? '-' : v < 10 ? v.toFixed(2) : v.toFixed(1)),

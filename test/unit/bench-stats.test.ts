@@ -1,4 +1,10 @@
-import { emptyMeasurement, roundRatios, type Measurement } from '../../bench/stats';
+import {
+  costModel,
+  emptyMeasurement,
+  modelCpuPerToken,
+  roundRatios,
+  type Measurement,
+} from '../../bench/stats';
 
 function measured(rounds: Array<[cpuUs: number, tokens: number, ttftP50: number]>): Measurement {
   const m = emptyMeasurement('throughput', 'v', 'v', 't');
@@ -33,5 +39,28 @@ describe('bench per-round ratios', () => {
     expect(roundRatios(measured([[1, 1, 1]]), measured([[1, 1, 1]]), 'cpu')).toEqual([]);
     expect(roundRatios(measured([[1, 1, 1]]), base, 'cpu')).toEqual([]);
     expect(roundRatios(emptyMeasurement('a', 'b', 'c', 'd'), base, 'cpu')).toEqual([]);
+  });
+});
+
+describe('bench cost model', () => {
+  const run = (streams: number, tokensEach: number, cpuUsEach: number): Measurement => ({
+    ...emptyMeasurement('cost', 'x', 'x', 't'),
+    streams,
+    tokens: streams * tokensEach,
+    cpuUs: streams * cpuUsEach,
+  });
+
+  it('splits CPU per stream into a fixed part and a part per token', () => {
+    // 400 µs + 2.5 µs/token: 450 µs for 20 tokens, 2900 µs for 1000.
+    const m = costModel(run(5000, 20, 450), run(200, 1000, 2900));
+    expect(m.fixedUs).toBeCloseTo(400, 6);
+    expect(m.perTokenUs).toBeCloseTo(2.5, 6);
+    expect(modelCpuPerToken(m, 200)).toBeCloseTo(400 / 200 + 2.5, 6);
+  });
+
+  it('gives NaN when the runs do not differ in length', () => {
+    const m = costModel(run(100, 20, 450), run(100, 20, 500));
+    expect(m.fixedUs).toBeNaN();
+    expect(m.perTokenUs).toBeNaN();
   });
 });
