@@ -37,7 +37,10 @@ export function chatStreamRouter(
 
     // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects; other clients
     // may put it in the query string, on GET and on POST alike.
-    const lastEventId = req.headers['last-event-id'] ?? req.query.lastEventId;
+    // (req.query parses the query string on first use: a POST without one skips that.)
+    const lastEventId =
+      req.headers['last-event-id'] ??
+      (fromQuery || req.url.includes('?') ? req.query.lastEventId : undefined);
     if (lastEventId !== undefined) return resumeSse(res, String(lastEventId), headOnly);
 
     // 2. Text resume: `curl -C -` sends Range; X-Resume-At is the plain alternative.

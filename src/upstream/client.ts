@@ -4,6 +4,7 @@
 
 import http from 'node:http';
 import https from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 import axios, {
   type AxiosInstance,
@@ -70,6 +71,9 @@ export class ConnectTimeoutError extends Error {
   }
 }
 
+/** The adapter's response headers for axios (see post()). */
+const NO_HEADERS = {} as AxiosResponse['headers'];
+
 const KEPT_DEFAULTS = new Set([
   'baseURL',
   'adapter',
@@ -130,7 +134,9 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
           data: res,
           status: res.statusCode ?? 0,
           statusText: res.statusMessage ?? '',
-          headers: res.headers as AxiosResponse['headers'],
+          // post() reads the headers from `data` (Node's, already lower-cased): axios would
+          // copy and re-normalise every upstream header into an AxiosHeaders per response.
+          headers: NO_HEADERS,
           config,
           request: req,
         });
@@ -174,11 +180,8 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
         data,
         upstreamAbort: abort,
       } as object);
-      return {
-        status: res.status,
-        headers: res.headers as Record<string, unknown>,
-        body: res.data as Readable,
-      };
+      const stream = res.data as IncomingMessage;
+      return { status: res.status, headers: stream.headers, body: stream };
     },
     close() {
       httpAgent.destroy();
