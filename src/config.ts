@@ -1,6 +1,7 @@
 // config.ts: the only reader of process.env. Validates every setting at start-up, applies the
 // defaults from the SPEC's settings table, and returns one frozen object.
 
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { DEFAULT_ALLOWED_MODELS } from './upstream/deepseek';
 
@@ -12,6 +13,12 @@ const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
     .transform(Number)
     .pipe(z.number().int().min(min).max(max))
     .prefault(String(def));
+
+// Node timers take at most 2^31-1 ms (about 24.8 days); a longer delay fires after 1 ms, so a
+// STREAM_MAX_DURATION_MS of 30 days would end every stream at once. Milliseconds that feed a
+// timer are capped here, with an error naming the variable, instead.
+const MAX_TIMER_MS = 2_147_483_647;
+const ms = (def: number, min = 0) => int(def, min, MAX_TIMER_MS);
 
 const list = (def: string[]) =>
   z
@@ -35,6 +42,9 @@ const url = (def: string) =>
     .string()
     .trim()
     .url('must be a URL')
+    // "localhost:8080" parses as a URL with the scheme "localhost:": refuse it here rather than
+    // fail every request later with "Unsupported protocol".
+    .regex(/^https?:\/\//i, 'must be an http:// or https:// URL')
     .transform((v) => v.replace(/\/+$/, ''))
     .default(def);
 
@@ -50,25 +60,25 @@ const schema = z.object({
   ALLOWED_MODELS: list(DEFAULT_ALLOWED_MODELS),
   UPSTREAM_MAX_SOCKETS: int(1000, 1),
   RETRY_MAX: int(3, 0, 20),
-  RETRY_BASE_DELAY_MS: int(500),
-  RETRY_MAX_DELAY_MS: int(8000),
-  RETRY_AFTER_MAX_MS: int(30000),
-  UPSTREAM_CONNECT_TIMEOUT_MS: int(10000, 1),
-  UPSTREAM_HEADERS_TIMEOUT_MS: int(30000, 1),
-  UPSTREAM_IDLE_TIMEOUT_MS: int(60000, 1),
-  STREAM_MAX_DURATION_MS: int(300000, 1),
+  RETRY_BASE_DELAY_MS: ms(500),
+  RETRY_MAX_DELAY_MS: ms(8000),
+  RETRY_AFTER_MAX_MS: ms(30000),
+  UPSTREAM_CONNECT_TIMEOUT_MS: ms(10000, 1),
+  UPSTREAM_HEADERS_TIMEOUT_MS: ms(30000, 1),
+  UPSTREAM_IDLE_TIMEOUT_MS: ms(60000, 1),
+  STREAM_MAX_DURATION_MS: ms(300000, 1),
   UPSTREAM_RESUME_MAX: int(2, 0, 20),
-  HEARTBEAT_MS: int(15000, 1),
+  HEARTBEAT_MS: ms(15000, 1),
   SSE_RETRY_MS: int(3000, 0),
   MAX_BODY_BYTES: int(1048576, 1),
   MAX_PROMPT_CHARS: int(100000, 1),
   MAX_EVENT_BYTES: int(1048576, 1024),
-  RESUME_GRACE_MS: int(15000),
+  RESUME_GRACE_MS: ms(15000),
   RESUME_TTL_S: int(600, 1),
   JOURNAL_MAX_BYTES_PER_STREAM: int(1048576, 1024),
   JOURNAL_MAX_BYTES: int(67108864, 1024),
   REDIS_URL: optional,
-  RATE_LIMIT_WINDOW_MS: int(1000, 1),
+  RATE_LIMIT_WINDOW_MS: ms(1000, 1),
   RATE_LIMIT_MAX: int(10, 0),
   MAX_STREAMS_PER_CLIENT: int(4, 0),
   MAX_CONCURRENT_STREAMS: int(1000, 1),
@@ -76,10 +86,10 @@ const schema = z.object({
   SIGNING_SECRET: optional,
   CORS_ORIGINS: list([]),
   TRUST_PROXY: z.string().trim().default('false'),
-  SHUTDOWN_GRACE_MS: int(25000),
+  SHUTDOWN_GRACE_MS: ms(25000),
   TLS_CERT_FILE: optional,
   TLS_KEY_FILE: optional,
-  SIMULATOR_TOKEN_DELAY_MS: int(30),
+  SIMULATOR_TOKEN_DELAY_MS: ms(30),
   METRICS_PORT: optional,
 });
 
@@ -139,11 +149,38 @@ export class ConfigError extends Error {
   }
 }
 
-function parseTrustProxy(v: string): boolean | number | string {
+const TRUST_PRESETS = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+/** One entry of an Express trust-proxy list: a preset, an address, or address/prefix|netmask. */
+function trustEntryValid(entry: string): boolean {
+  if (TRUST_PRESETS.has(entry)) return true;
+  const slash = entry.indexOf('/');
+  const ip = slash < 0 ? entry : entry.slice(0, slash);
+  const family = isIP(ip);
+  if (family === 0) return false;
+  if (slash < 0) return true;
+  const range = entry.slice(slash + 1);
+  if (/^\d+$/.test(range)) return Number(range) <= (family === 4 ? 32 : 128);
+  return family === 4 && isIP(range) === 4; // a netmask
+}
+
+/**
+ * TRUST_PROXY as Express takes it. Express would refuse a malformed list only when the app is
+ * built, with "invalid IP address: ..." and no variable name, so it is checked here.
+ */
+function parseTrustProxy(raw: string): boolean | number | string {
+  const v = raw.toLowerCase();
   if (v === 'true') return true;
   if (v === 'false' || v === '') return false;
   if (/^\d+$/.test(v)) return Number(v);
-  return v; // an address list or a preset such as "loopback", as Express takes it
+  const entries = raw.split(',').map((e) => e.trim()); // as Express splits it
+  const bad = entries.find((e) => !trustEntryValid(e));
+  if (bad !== undefined) {
+    throw new ConfigError(
+      `invalid configuration:\n  TRUST_PROXY: ${JSON.stringify(bad.slice(0, 64))} is not true, false, a hop count, an address, a CIDR range or loopback/linklocal/uniquelocal`,
+    );
+  }
+  return raw; // an address list or a preset such as "loopback", as Express takes it
 }
 
 /** Validate an environment (process.env by default) into a frozen Config, or throw ConfigError. */
