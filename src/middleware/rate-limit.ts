@@ -115,16 +115,26 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     const client = clientKey(req, res);
     let released = false;
     let held = 0;
-    const take = async (): Promise<void> => {
-      // A response already gone takes no more slots (they would never come back).
-      if (!released && (await slots.acquire(client, max))) return;
+    /**
+     * One more slot, held until release(). False when the response is gone (before, or while
+     * Redis answered: then the slot goes straight back), since it would never be released.
+     */
+    const take = async (): Promise<boolean> => {
+      if (released) return false;
+      if (await slots.acquire(client, max)) {
+        if (!released) {
+          held++;
+          return true;
+        }
+        slots.release(client);
+        return false;
+      }
+      if (released) return false;
       onLimited?.();
       throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
         retryAfterS: 1,
       });
     };
-    await take();
-    held = 1;
     const release = () => {
       if (released) return;
       released = true;
@@ -132,10 +142,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     };
     // A request that runs several streams (a batch) takes one slot for each.
     res.locals.takeMoreSlots = async (n: number): Promise<void> => {
-      for (let i = 0; i < n; i++) {
-        await take();
-        held++;
-      }
+      for (let i = 0; i < n; i++) if (!(await take())) return;
     };
     // A stream the client left may go on generating for the resume grace: it keeps its slot
     // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would
@@ -145,8 +152,11 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
       if (hold) hold.then(release, release);
       else release();
     };
+    // Listening before the first slot is taken: with Redis that is a round trip, and a client
+    // that leaves during it must neither keep the slot (its 'close' would have gone unheard)
+    // nor have a stream started for nobody.
     res.on('close', done);
     res.on('finish', done);
-    next();
+    if (await take()) next();
   };
 }

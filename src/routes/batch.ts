@@ -72,6 +72,12 @@ export function batchRouter(config: Config, service: ChatService): Router {
     // The request holds one of the client's stream slots already (middleware/rate-limit.ts).
     const takeMoreSlots = res.locals.takeMoreSlots as ((n: number) => Promise<void>) | undefined;
     await takeMoreSlots?.(bodies.length - 1);
+    // The guards and the slots above may have waited on Redis. A client that left meanwhile
+    // fired its 'close' already, so the handler below would never hear it and the prompts would
+    // run (and be billed) unread; and a drain that began meanwhile found them not yet active,
+    // so they would be cut at exit with no error. Check both again before starting anything.
+    if (res.destroyed) return;
+    for (let i = 0; i < bodies.length; i++) service.admit(i);
 
     const requestId = res.locals.requestId as string;
     res.writeHead(200, {

@@ -87,6 +87,15 @@ export function chatStreamRouter(
       }
       return replay(res, requestId, 0, parsed, 0, 200, undefined, false);
     }
+    // The claim may have waited on Redis: a drain that began meanwhile found this stream not yet
+    // active, so it would be cut at exit with no error. Ask again; a refusal forgets the claim,
+    // so a retry with the same X-Request-ID starts afresh.
+    try {
+      service.admit();
+    } catch (err) {
+      journal.remove(requestId);
+      throw err;
+    }
     return startStream(res, requestId, parsed, body, request);
   };
 
@@ -254,6 +263,14 @@ export function chatStreamRouter(
     service.admit();
     const events = await journal.read(meta.id, 0);
     if (!(await journal.claim(meta.id))) return;
+    // As for a new stream: a drain may have begun while Redis answered. The stream goes back to
+    // the journal for another worker.
+    try {
+      service.admit();
+    } catch (err) {
+      journal.handoff(meta.id);
+      throw err;
+    }
     let prefix = '';
     for (const ev of events) if (ev.kind === 'content') prefix += ev.data;
     const body = JSON.parse(meta.request) as UpstreamBody;

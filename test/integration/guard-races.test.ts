@@ -1,0 +1,163 @@
+// Races with the awaits in front of a stream (the stream cap's and the journal's Redis round
+// trips): a client that leaves, or a drain that begins, while a request waits there.
+
+import http from 'node:http';
+import Redis from 'ioredis';
+import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
+import { request, startStack, type Stack } from '../helpers/stack';
+
+describeWithRedis('stream slots from a slow Redis', () => {
+  let redis: RedisServer;
+  let admin: Redis;
+  let stack: Stack;
+  beforeAll(async () => {
+    redis = await startRedis();
+    admin = new Redis(redis.url);
+  }, 20_000);
+  beforeEach(async () => {
+    stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16 });
+    await admin.flushall();
+    // Redis reachable from the proxy before the test pauses it.
+    expect((await request(stack.url + '/readyz')).status).toBe(200);
+  });
+  afterEach(async () => {
+    await stack.close();
+  });
+  afterAll(async () => {
+    admin?.disconnect();
+    await redis?.stop();
+  });
+
+  /** Redis answers nobody for `ms` (CLIENT PAUSE): every guard's command waits that long. */
+  const pauseRedis = (ms: number) => admin.call('CLIENT', 'PAUSE', String(ms));
+
+  const postBatch = (prompts: string[]) => {
+    const req = http.request(stack.url + '/chat-stream/batch', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      agent: false,
+    });
+    req.on('error', () => undefined);
+    req.end(JSON.stringify({ prompts, thinking: false }));
+    return req;
+  };
+
+  const upstreamCalls = (tag: string) =>
+    stack.sim.requests.filter((r) => String(r.body.messages?.[0]?.content).includes(tag)).length;
+
+  /** The per-client stream counters in Redis: all back at zero once nothing runs. */
+  const slotCounts = async () => {
+    const keys = await admin.keys('dsp:streams:*');
+    return Promise.all(keys.map(async (k) => Number(await admin.get(k))));
+  };
+
+  const leaveDuringSlotWait = async (path: string, body: object) => {
+    await pauseRedis(600);
+    const req = http.request(stack.url + path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      agent: false,
+    });
+    req.on('error', () => undefined);
+    req.end(JSON.stringify(body));
+    await new Promise((r) => setTimeout(r, 200));
+    req.destroy(); // gone while the stream cap waits for Redis
+    await new Promise((r) => setTimeout(r, 1200));
+  };
+
+  it.each([
+    ['/chat-stream', { prompt: 'gone v [[tokens=300 delay=20]]', thinking: false }],
+    [
+      '/v1/chat/completions',
+      {
+        model: 'deepseek-chat',
+        stream: true,
+        messages: [{ role: 'user', content: 'gone v [[tokens=300 delay=20]]' }],
+      },
+    ],
+  ])(
+    'a client that leaves %s while its stream slot is taken starts nothing and keeps no slot',
+    async (path, body) => {
+      await leaveDuringSlotWait(path, body);
+      expect(stack.app.service.active.size).toBe(0);
+      expect(upstreamCalls('gone v')).toBe(0);
+      // The slot taken for nobody went back: the client may open its full quota again.
+      expect((await slotCounts()).filter((n) => n !== 0)).toEqual([]);
+    },
+    20_000,
+  );
+
+  it('when the client leaves while the slots are taken, no prompt starts upstream', async () => {
+    await pauseRedis(600);
+    const req = postBatch(['left early a [[tokens=300 delay=20]]', 'left early b [[tokens=300]]']);
+    await new Promise((r) => setTimeout(r, 200));
+    req.destroy(); // gone while the stream cap waits for Redis
+    // Redis is back at 600 ms; the handler has run by 1200 ms.
+    await new Promise((r) => setTimeout(r, 1200));
+    // Nobody reads this batch: its prompts must not be generating (and billed) for 6 s.
+    expect(stack.app.service.active.size).toBe(0);
+    expect(upstreamCalls('left early')).toBe(0);
+  }, 20_000);
+});
+
+describe('a batch and a drain that begins while it takes its stream slots', () => {
+  it('is refused with 503 shutting_down, and no prompt starts upstream', async () => {
+    const stack = await startStack({ maxStreamsPerClient: 16 });
+    try {
+      const service = stack.app.service;
+      const admit = service.admit.bind(service);
+      // SIGTERM lands while the batch awaits its extra slots (a Redis round trip in production):
+      // the drain finds nothing active, so it is over at once and server.ts exits 100 ms later.
+      const spy = jest.spyOn(service, 'admit').mockImplementation((more = 0) => {
+        admit(more);
+        if (more === 1 && !service.draining) queueMicrotask(() => void service.drain(0));
+      });
+      const res = await request(stack.url + '/chat-stream/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompts: ['drained a [[tokens=20]]', 'drained b [[tokens=20]]'] }),
+      });
+      spy.mockRestore();
+      expect(service.draining).toBe(true);
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body).error.code).toBe('shutting_down');
+      const calls = stack.sim.requests.filter((r) =>
+        String(r.body.messages?.[0]?.content).includes('drained'),
+      );
+      expect(calls).toHaveLength(0);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
+describe('a /chat-stream request and a drain that begins while its journal entry is claimed', () => {
+  it('is refused with 503 shutting_down, starts nothing, and a retry may reuse its id', async () => {
+    const stack = await startStack();
+    try {
+      const service = stack.app.service;
+      const admit = service.admit.bind(service);
+      // SIGTERM lands while the route awaits journal.create() (a Redis round trip in
+      // production): the drain finds nothing active and is over at once.
+      const spy = jest.spyOn(service, 'admit').mockImplementation((more = 0) => {
+        admit(more);
+        if (!service.draining) queueMicrotask(() => void service.drain(0));
+      });
+      const res = await request(stack.url + '/chat-stream', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-request-id': 'drained-1' },
+        body: JSON.stringify({ prompt: 'drained c [[tokens=20]]', thinking: false }),
+      });
+      spy.mockRestore();
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body).error.code).toBe('shutting_down');
+      expect(
+        stack.sim.requests.filter((r) => String(r.body.messages?.[0]?.content).includes('drained')),
+      ).toHaveLength(0);
+      // The claim was forgotten: the id is free for the retry (on another worker).
+      expect(await stack.app.journal.meta('drained-1')).toBeUndefined();
+    } finally {
+      await stack.close();
+    }
+  });
+});
