@@ -2,16 +2,22 @@
 // proxy, baseline), over Node's IPC channel. A child says `ready` with its port; the parent may
 // ask it to collect garbage (so an idle RSS reading is not inflated by garbage), for its JS heap
 // use (which part of the RSS is JS objects), to tell the time
-// on its monotonic clock (to cut a --cpu-prof profile to the measured window), or to exit cleanly
-// (so --cpu-prof gets to write its file).
+// on its monotonic clock (to cut a --cpu-prof profile to the measured window), for the longest
+// its event loop was blocked since it was last asked (a stall delays every stream it serves), or
+// to exit cleanly (so --cpu-prof gets to write its file).
 
-export type ParentMessage = { id: number; cmd: 'gc' | 'now' | 'heap' | 'exit' };
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
+export type ParentMessage = { id: number; cmd: 'gc' | 'now' | 'heap' | 'stall' | 'exit' };
 export type ChildMessage =
   { type: 'ready'; port: number; pid: number } | { type: 'reply'; id: number; value: number };
 
 /** In a child: announce the port and serve the parent's commands. */
 export function serveParent(port: number, onExit: () => Promise<void> | void): void {
   const send = (m: ChildMessage) => process.send?.(m);
+  // A libuv timer every 10 ms in every child alike: the pipe and the proxy pay the same.
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
   process.on('message', (raw: unknown) => {
     const m = raw as ParentMessage;
     switch (m.cmd) {
@@ -30,6 +36,11 @@ export function serveParent(port: number, onExit: () => Promise<void> | void): v
           const u = process.memoryUsage();
           send({ type: 'reply', id: m.id, value: u.heapUsed + u.external });
         }
+        break;
+      case 'stall':
+        // ms; the histogram starts again, so the next answer covers the next run only.
+        send({ type: 'reply', id: m.id, value: delay.max / 1e6 });
+        delay.reset();
         break;
       case 'now':
         // Microseconds on the monotonic clock: the clock V8 stamps profile samples with.

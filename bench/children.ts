@@ -19,6 +19,8 @@ export interface Child {
   heap(): Promise<number>;
   /** The child's monotonic clock, microseconds. */
   now(): Promise<number>;
+  /** The longest its event loop was blocked (ms) since the last call. */
+  stall(): Promise<number>;
   /** Ask the child to exit cleanly (so --cpu-prof writes); kill it if it does not. */
   stop(): Promise<void>;
   /** The last lines the child printed, for error messages. */
@@ -103,6 +105,7 @@ export async function startChild(
     },
     heap: () => ask('heap'),
     now: () => ask('now'),
+    stall: () => ask('stall'),
     async stop() {
       if (exited) return;
       void ask('exit');

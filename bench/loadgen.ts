@@ -7,7 +7,7 @@
 // is parsed once, after it ended, so the generator's own parsing cost stays off the clock.
 
 import http from 'node:http';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
 /** How a target's body carries the answer. */
 export type Wire =
@@ -59,6 +59,11 @@ export interface LoadResult {
   peakOpen: number;
   /** This process's CPU time during the run (µs), to see when the generator is the bottleneck. */
   generatorCpuMicros: number;
+  /**
+   * The longest this process's event loop was blocked during the run (ms, 10 ms resolution):
+   * every stream's times are taken here, so a stall here is a stall in all of them.
+   */
+  generatorMaxDelayMs: number;
 }
 
 export interface LoadOptions {
@@ -92,6 +97,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   let peakOpen = 0;
   let done = 0;
   const cpu0 = process.cpuUsage();
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
   const t0 = performance.now();
   const worker = async () => {
     while (next < opts.jobs.length) {
@@ -109,8 +116,15 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   );
   const wallMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
+  delay.disable();
   agent.destroy();
-  return { results, wallMs, peakOpen, generatorCpuMicros: cpu.user + cpu.system };
+  return {
+    results,
+    wallMs,
+    peakOpen,
+    generatorCpuMicros: cpu.user + cpu.system,
+    generatorMaxDelayMs: delay.max / 1e6,
+  };
 }
 
 function oneStream(agent: http.Agent, opts: LoadOptions, job: Job): Promise<StreamResult> {

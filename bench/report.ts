@@ -417,7 +417,16 @@ function context(vs: Measurement[]): string {
       `${fmt.us(x.generatorCpuUs / t)} µs/token, other processes ${derive(x).foreignCores.toFixed(2)} core`
     );
   });
-  return `CPU elsewhere: ${parts.join('; ')}.`;
+  const stalls = vs
+    .filter((x) => x.stalls?.length)
+    .map(
+      (x) =>
+        `${x.target} ${x.stalls!.map((r) => `${r.server.toFixed(0)}/${r.generator.toFixed(0)}`).join(', ')}`,
+    );
+  const stallText = stalls.length
+    ? ` Longest event-loop stall in each round, ms, server/load generator: ${stalls.join('; ')}.`
+    : '';
+  return `CPU elsewhere: ${parts.join('; ')}.${stallText}`;
 }
 
 function profileBlock(info: RunInfo): string {

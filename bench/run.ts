@@ -255,6 +255,7 @@ async function measureOnce(
 
   await server.gc();
   await sleep(200);
+  await server.stall(); // from here on
   const idle = memory(server.pid).rss;
   const canReset = resetPeak(server.pid);
   let sampled = idle;
@@ -284,6 +285,7 @@ async function measureOnce(
   const io1 = syscalls(server.pid);
   clearInterval(sampler);
   sample();
+  (m.stalls ??= []).push({ server: await server.stall(), generator: result.generatorMaxDelayMs });
   const peak = Math.max(sampled, canReset ? memory(server.pid).hwm : 0);
   const delta = (c: Child) => cpu1[others.indexOf(c)]! - cpu0[others.indexOf(c)]!;
   // Redis is ours too: its CPU is not "other load" on the machine.
@@ -392,6 +394,10 @@ function printMeasurement(m: Measurement, base: Measurement | undefined): void {
           ` ${d.probeOpen} open)`
         : '') +
       ` | peak RSS ${fmt.mib(d.peakRss)}` +
+      (m.stalls?.length
+        ? ` | longest stall ms: server ${m.stalls.map((x) => x.server.toFixed(0)).join(' ')},` +
+          ` generator ${m.stalls.map((x) => x.generator.toFixed(0)).join(' ')}`
+        : '') +
       (m.listenDrops ? ` | ${m.listenDrops} LISTEN DROPS` : '') +
       (d.foreignCores > 0.1 ? ` | other load ${fmt.pct(d.foreignCores)} of a core` : ''),
   );

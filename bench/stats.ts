@@ -55,6 +55,12 @@ export interface Measurement {
    * of the baseline ran next to each other, so their ratios show the run-to-run spread.
    */
   perRound?: Array<{ cpuUs: number; tokens: number; ttftP50: number }>;
+  /**
+   * Per round (absent before 2026-11-29 15:00): the longest event-loop stall (ms) of the serving
+   * child and of the load generator during the measured run. A stall delays every stream at once:
+   * it is what a lone TTFT tail of seconds is made of.
+   */
+  stalls?: Array<{ server: number; generator: number }>;
   /** Connections the kernel dropped from a full accept queue during the runs (should be 0). */
   listenDrops: number;
 }
