@@ -36,8 +36,19 @@ function fromBodyParser(err: unknown): ProxyError | undefined {
     case 'stream.encoding.set':
       return new ProxyError('invalid_request', 'the body could not be read');
     default:
-      return undefined;
+      return fromClientHttpError(err);
   }
+}
+
+/**
+ * A bare 400 in http-errors' shape (`expose`, `status`) with no `type`: what body-parser passes
+ * on when a `Content-Encoding: gzip` (or deflate, br) body does not decompress. The client's
+ * fault, not a 500 logged as our bug.
+ */
+function fromClientHttpError(err: unknown): ProxyError | undefined {
+  const e = err as { expose?: unknown; status?: unknown } | null;
+  if (e?.expose !== true || e.status !== 400) return undefined;
+  return new ProxyError('invalid_request', 'the body could not be read or decompressed');
 }
 
 export function errorHandler(log: Logger) {
@@ -70,6 +81,14 @@ function describe(err: unknown): Record<string, unknown> {
  * it in the SPEC's shape too. A request line and headers over Node's limit (16 KiB by default) is
  * most often a GET prompt that is too long for a URL: 413, pointing to POST.
  */
+/**
+ * The client closed the connection (its 'close' may have fired already, unheard, while the
+ * request waited on Redis in a guard or for the journal): nothing more should start for it.
+ */
+export function clientGone(res: http.ServerResponse): boolean {
+  return res.destroyed || res.socket === null || res.socket.destroyed;
+}
+
 export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
   if (!socket.writable) {
     socket.destroy();

@@ -7,6 +7,7 @@ import { ipKeyGenerator, rateLimit } from 'express-rate-limit';
 import type Redis from 'ioredis';
 import { RedisStore, type RedisReply } from 'rate-limit-redis';
 import { ProxyError } from '../errors';
+import { clientGone } from './errors';
 
 export function clientKey(req: Request, res: Response): string {
   const id = res.locals.clientId as string | undefined;
@@ -112,6 +113,9 @@ export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:')
 export function streamCap(slots: StreamSlots, max: number, onLimited?: () => void) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
     if (max <= 0) return next();
+    // Gone while an earlier guard waited on Redis: its 'close' went unheard, and a slot taken
+    // now would never come back.
+    if (clientGone(res)) return;
     const client = clientKey(req, res);
     let released = false;
     let held = 0;

@@ -7,7 +7,7 @@
 import { Router } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
-import { methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed } from '../middleware/errors';
 import type { ChatService } from '../service';
 import type { ChatStream, StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -76,7 +76,7 @@ export function batchRouter(config: Config, service: ChatService): Router {
     // fired its 'close' already, so the handler below would never hear it and the prompts would
     // run (and be billed) unread; and a drain that began meanwhile found them not yet active,
     // so they would be cut at exit with no error. Check both again before starting anything.
-    if (res.destroyed) return;
+    if (clientGone(res)) return;
     for (let i = 0; i < bodies.length; i++) service.admit(i);
 
     const requestId = res.locals.requestId as string;

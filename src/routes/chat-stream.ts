@@ -11,7 +11,7 @@ import { ResponseSink } from '../format/response-sink';
 import { StreamRecorder } from '../journal/recorder';
 import type { JournalStore, StreamMeta } from '../journal/types';
 import type { Metrics } from '../metrics';
-import { methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService } from '../service';
 import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
@@ -146,7 +146,7 @@ export function chatStreamRouter(
           if (!res.writableFinished) left();
         });
         // It may have left already, while the journal claim was awaited.
-        if (res.socket === null || res.socket.destroyed) left();
+        if (clientGone(res)) left();
       },
       { json },
     );
@@ -247,7 +247,7 @@ export function chatStreamRouter(
         }
       };
       res.on('close', left);
-      if (res.socket === null || res.socket.destroyed) left();
+      if (clientGone(res)) left();
     });
   }
 

@@ -8,7 +8,7 @@ import type { ServerResponse } from 'node:http';
 import { Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
-import { methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed } from '../middleware/errors';
 import type { ChatService } from '../service';
 import type { StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -39,6 +39,11 @@ export function openAiRouter(config: Config, service: ChatService): Router {
       );
     }
     const body = shapeBody(req.body, config);
+    // The guards may have waited on Redis (rate limit, replay guard). A client that left
+    // meanwhile fired its 'close' already: the handler below would never hear it, and the answer
+    // would be generated (and billed) for nobody, its stream paused on a dead socket until the
+    // total time limit.
+    if (clientGone(res)) return;
     service.admit();
     const requestId = res.locals.requestId as string;
     const stream = body.stream === true;
@@ -84,8 +89,7 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
     if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') {
       throw new ProxyError('invalid_request', 'each message must be an object with a "role"');
     }
-    const c = (m as { content?: unknown }).content;
-    if (typeof c === 'string') chars += c.length;
+    chars += contentChars((m as { content?: unknown }).content);
   }
   if (chars > config.maxPromptChars) {
     throw new ProxyError(
@@ -107,6 +111,22 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
   const body = { ...src, model: target.model } as UpstreamBody;
   if (target.thinking && src.thinking === undefined) body.thinking = { type: target.thinking };
   return body;
+}
+
+/**
+ * The characters of a message's content: a string, or the OpenAI array of parts (`[{type:
+ * 'text', text}]`, which DeepSeek takes too and the AI SDK sends for several text parts). Not
+ * counting the parts let any prompt past MAX_PROMPT_CHARS.
+ */
+function contentChars(c: unknown): number {
+  if (typeof c === 'string') return c.length;
+  if (!Array.isArray(c)) return 0;
+  let n = 0;
+  for (const part of c as unknown[]) {
+    const text = (part as { text?: unknown } | null)?.text;
+    if (typeof text === 'string') n += text.length;
+  }
+  return n;
 }
 
 /** Streaming: the upstream's chunk objects verbatim, one write per upstream read. */
@@ -310,7 +330,7 @@ class OpenAiAggregateSink implements StreamListener {
       usage: usage ?? null,
     });
     this.status = 200;
-    this.bytesOut = body.length;
+    this.bytesOut = Buffer.byteLength(body);
     this.res.writeHead(200, {
       'Content-Type': 'application/json; charset=utf-8',
       'X-Request-Id': this.requestId,

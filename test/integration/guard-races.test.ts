@@ -87,6 +87,35 @@ describeWithRedis('stream slots from a slow Redis', () => {
     20_000,
   );
 
+  it('a client gone while the request rate limit waited takes no stream slot', async () => {
+    // Both guards on: the rate limit waits on Redis first; the stream cap runs after the client
+    // left, its 'close' already fired.
+    await stack.close();
+    stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16, rateLimitMax: 1000 });
+    expect((await request(stack.url + '/readyz')).status).toBe(200);
+    await leaveDuringSlotWait('/chat-stream', {
+      prompt: 'gone r [[tokens=300 delay=20]]',
+      thinking: false,
+    });
+    expect(upstreamCalls('gone r')).toBe(0);
+    expect((await slotCounts()).filter((n) => n !== 0)).toEqual([]);
+  }, 20_000);
+
+  it('a Redis that refuses writes (memory full) is 503 store_unavailable, not a 500', async () => {
+    await stack.close();
+    stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16, rateLimitMax: 1000 });
+    await admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await admin.config('SET', 'maxmemory', '1');
+    try {
+      const res = await request(stack.url + '/chat-stream?prompt=oom&thinking=false');
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body).error.code).toBe('store_unavailable');
+      expect(res.headers['retry-after']).toBe('1');
+    } finally {
+      await admin.config('SET', 'maxmemory', '0');
+    }
+  }, 20_000);
+
   it('when the client leaves while the slots are taken, no prompt starts upstream', async () => {
     await pauseRedis(600);
     const req = postBatch(['left early a [[tokens=300 delay=20]]', 'left early b [[tokens=300]]']);
