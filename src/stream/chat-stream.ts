@@ -111,6 +111,8 @@ export class ChatStream implements DeltaSink {
   /** The answer relayed so far, token by token (joined only for an upstream resume). */
   private readonly answerParts: string[] = [];
   private sentToken = false;
+  /** A tool-call delta came: the answer can no longer be continued upstream. */
+  private toolCalled = false;
   private finishReason: string | undefined;
   private usageSeen: Usage | undefined;
   private controller: UpstreamAbort | undefined;
@@ -506,6 +508,7 @@ export class ChatStream implements DeltaSink {
   }
 
   toolCall(): void {
+    this.toolCalled = true;
     if (this.holdChunks) this.releaseHeld();
     // Forwarded as chunks; once one went out, a retry would repeat it: the answer has begun.
     if (!this.sentToken) this.firstToken();
@@ -583,8 +586,14 @@ export class ChatStream implements DeltaSink {
   }
 
   private canResume(f: Failure): boolean {
-    // Only an answer can be continued; a break during reasoning has nothing to prefix.
-    if (this.answerParts.length === 0 || this.stats.resumes >= this.s.upstreamResumeMax)
+    // Only an answer can be continued; a break during reasoning has nothing to prefix, and a
+    // tool call cannot be continued by prefix completion (the continuation's own call would
+    // merge, by index, into the half-sent one).
+    if (
+      this.answerParts.length === 0 ||
+      this.toolCalled ||
+      this.stats.resumes >= this.s.upstreamResumeMax
+    )
       return false;
     return isRetryable(f);
   }

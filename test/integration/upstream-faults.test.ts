@@ -55,6 +55,16 @@ const SCRIPTS: Record<
     ],
     then: 'reset',
   },
+  'answer-then-partial-tool-call-cut': {
+    chunks: [
+      ROLE,
+      token('A'),
+      line(
+        '{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":"{\\"a\\":"}}]}',
+      ),
+    ],
+    then: 'reset',
+  },
   'resume-refused': { chunks: [ROLE, token('A'), token('B')], then: 'reset', refuseSecond: true },
   // One event whose JSON is split over two `data:` lines (valid SSE: the lines join with LF).
   'multi-line': {
@@ -199,6 +209,18 @@ describe('tool calls', () => {
     expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
     expect(events.at(-1)).toMatch(/"error"/); // in-band: the OpenAI SDKs raise it
     expect(paths.length - before).toBe(1);
+  });
+});
+
+describe('a break after a tool call began', () => {
+  it('is not continued upstream (the new call would merge into the half-sent one)', async () => {
+    const before = paths.length;
+    const res = await v1('answer-then-partial-tool-call-cut', true);
+    expect(res.status).toBe(200);
+    const events = res.body.split('\n\n').filter((l) => l.startsWith('data: '));
+    expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
+    expect(events.at(-1)).toMatch(/"error"/);
+    expect(paths.slice(before)).toEqual(['/chat/completions']);
   });
 });
 
