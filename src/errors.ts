@@ -117,9 +117,15 @@ export function asProxyError(err: unknown): ProxyError {
   return new ProxyError('internal_error', 'internal error', { cause: err });
 }
 
+/** Redis replies that mean "not now" (memory full, a replica after failover, loading, busy). */
+const REDIS_NOT_NOW = /^(OOM|READONLY|LOADING|MASTERDOWN|CLUSTERDOWN|BUSY|TRYAGAIN)\b/;
+
 function isRedisUnreachable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  return err.name === 'MaxRetriesPerRequestError' || err.message === 'Connection is closed.';
+  if (err.name === 'MaxRetriesPerRequestError' || err.message === 'Connection is closed.') {
+    return true;
+  }
+  return err.name === 'ReplyError' && REDIS_NOT_NOW.test(err.message);
 }
 
 /** The OpenAI error shape, for /v1 (what the openai SDK and the AI SDK parse). */

@@ -6,7 +6,18 @@ import type { JournalStore } from '../journal/types';
 import { methodNotAllowed } from '../middleware/errors';
 import type { ChatService } from '../service';
 
-export function healthRouter(service: ChatService, journal: JournalStore): Router {
+/**
+ * How long /readyz waits for the journal's ping. A Redis that accepts connections and never
+ * answers (or drops SYNs: ioredis then waits out its connect timeout, about 30 s in all) would
+ * otherwise hold every probe open, each with a ping queued, instead of answering 503.
+ */
+export const READY_PING_TIMEOUT_MS = 2000;
+
+export function healthRouter(
+  service: ChatService,
+  journal: JournalStore,
+  pingTimeoutMs = READY_PING_TIMEOUT_MS,
+): Router {
   const router = Router();
   router.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -16,7 +27,7 @@ export function healthRouter(service: ChatService, journal: JournalStore): Route
       res.status(503).json({ status: 'draining' });
       return;
     }
-    if (!(await journal.ping())) {
+    if (!(await pingWithin(journal, pingTimeoutMs))) {
       res.status(503).json({ status: 'journal unreachable' });
       return;
     }
@@ -24,4 +35,17 @@ export function healthRouter(service: ChatService, journal: JournalStore): Route
   });
   router.all(['/healthz', '/readyz'], methodNotAllowed(['GET', 'HEAD']));
   return router;
+}
+
+async function pingWithin(journal: JournalStore, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+    timer.unref();
+  });
+  try {
+    return await Promise.race([journal.ping(), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
