@@ -40,7 +40,7 @@ async function main(): Promise<void> {
     server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve),
   );
   serveParent((server.address() as AddressInfo).port, () => {
-    app.close();
+    void app.close();
     server.closeAllConnections();
     server.close();
   });

@@ -36,8 +36,11 @@ export interface ProxyApp extends Express {
   journal: JournalStore;
   metrics: Metrics;
   logger: Logger;
-  /** Release sockets, timers and Redis connections. Active streams are stopped. */
-  close(): void;
+  /**
+   * Release sockets, timers and Redis connections. Active streams are stopped. Resolves when the
+   * journal has written what it had queued (a handed-off stream's state, in Redis).
+   */
+  close(): Promise<void>;
 }
 
 /**
@@ -160,8 +163,8 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
     service.draining = true;
     for (const s of [...service.active]) s.abort();
     client.close();
-    void journal.shutdown();
     redis?.disconnect();
+    return journal.shutdown();
   };
   return app;
 }

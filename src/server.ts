@@ -13,6 +13,9 @@ import { createLogger } from './log';
 import { answerClientError } from './middleware/errors';
 import { startSimulator, type Simulator } from './simulator/server';
 
+/** The longest the shutdown waits for the journal (Redis) to take its last writes. */
+const JOURNAL_CLOSE_MS = 2000;
+
 async function main(): Promise<void> {
   if (fs.existsSync('.env')) dotenv.config({ quiet: true } as dotenv.DotenvConfigOptions);
   let config: Config;
@@ -61,8 +64,13 @@ async function main(): Promise<void> {
   if (config.metricsPort !== undefined) {
     const handler = metricsHandler(app.metrics);
     metricsServer = http.createServer((req, res) => {
-      if (req.url === '/metrics') void handler(req as never, res as never);
-      else res.writeHead(404).end();
+      if (req.url === '/metrics') {
+        handler(req as never, res as never).catch((err: unknown) => {
+          log.error({ err: err instanceof Error ? err.message : String(err) }, 'metrics failed');
+          if (!res.headersSent) res.writeHead(500);
+          res.end();
+        });
+      } else res.writeHead(404).end();
     });
     metricsServer.on('error', (err) => log.error({ err: err.message }, 'metrics listener failed'));
     metricsServer.listen(config.metricsPort, config.host);
@@ -81,7 +89,10 @@ async function main(): Promise<void> {
     // Give the in-band errors a moment to flush, then drop idle keep-alive sockets.
     await new Promise((r) => setTimeout(r, 100));
     server.closeAllConnections();
-    app.close();
+    // The journal's last writes (the handed-off streams' state) must reach Redis before the
+    // process exits, or another worker never takes those streams over; a Redis that does not
+    // answer gets JOURNAL_CLOSE_MS.
+    await Promise.race([app.close(), new Promise((r) => setTimeout(r, JOURNAL_CLOSE_MS).unref())]);
     await simulator?.close();
     log.info('stopped');
     process.exit(0);

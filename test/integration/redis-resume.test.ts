@@ -1,6 +1,7 @@
 // Two server processes sharing one redis-server: a stream started on A resumes on B, mid-stream,
 // with no text lost or doubled and one upstream generation.
 
+import Redis from 'ioredis';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { startSimulator, type Simulator } from '../../src/simulator/server';
 import { startServerProcess, type ServerProc } from '../helpers/proc';
@@ -98,6 +99,31 @@ describeWithRedis('a worker that shuts down mid-answer hands its streams over', 
     SHUTDOWN_GRACE_MS: '300',
     LOG_LEVEL: 'info',
   });
+
+  it('the hand-over reaches a Redis that is slow to answer before the worker exits', async () => {
+    a = startServerProcess(env());
+    await a.ready();
+    const admin = new Redis(redis.url);
+    try {
+      const prompt = 'slow redis handoff [[tokens=200 delay=15]]';
+      let seen = 0;
+      const sse = request(a.url() + q(prompt, '&format=sse&thinking=false'), {
+        headers: { 'x-request-id': 'handoff-slow-redis' },
+        onChunk: (_c, soFar) => void (seen = soFar.length),
+      });
+      await waitFor(() => seen > 500, 10_000, 'stream under way');
+      a.child.kill('SIGTERM');
+      // Redis answers nobody for 1 s from just before the hand-over (after the 300 ms grace)
+      // until after the worker would have exited had it not waited for the journal.
+      await new Promise((r) => setTimeout(r, 100));
+      await admin.call('CLIENT', 'PAUSE', '1000');
+      await sse;
+      expect(await a.exit).toBe(0);
+      expect(await admin.hget('dsp:m:handoff-slow-redis', 'state')).toBe('handoff');
+    } finally {
+      admin.disconnect();
+    }
+  }, 30_000);
 
   it('SSE and text streams cut by SIGTERM on A finish exactly on B, with one generation each', async () => {
     a = startServerProcess(env());
