@@ -1,7 +1,7 @@
 // Fairness and access: rate limits, the per-client stream cap, client keys, HMAC signatures,
 // CORS, security headers, and /metrics.
 
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { sign, signingPayload } from '../../src/middleware/auth';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { q, request, startStack, waitFor, type Stack } from '../helpers/stack';
@@ -196,6 +196,25 @@ describe('HMAC signatures', () => {
     expect(JSON.parse(tampered.body).error.code).toBe('bad_signature');
     const missing = await request(stack.url + q('unsigned'));
     expect(missing.status).toBe(403);
+  });
+
+  it('the signature covers the body bytes as sent, even when they are not valid UTF-8', async () => {
+    const path = '/chat-stream?format=text';
+    const body = Buffer.concat([
+      Buffer.from('{"prompt":"signed bytes '),
+      Buffer.from([0xff, 0xfe]), // not UTF-8: a decode would turn them into U+FFFD
+      Buffer.from('"}'),
+    ]);
+    const ts = String(now());
+    const hmac = createHmac('sha256', secret).update(signingPayload(ts, 'POST', path, ''));
+    const sig = `sha256=${hmac.update(body).digest('hex')}`;
+    const res = await request(stack.url + path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-timestamp': ts, 'x-signature': sig },
+      body,
+    });
+    expect(res.status).toBe(200);
+    expect(res.body).toBe(simulateAnswer('signed bytes \ufffd\ufffd').text);
   });
 
   it('a stale timestamp (outside 300 s) is refused', async () => {
