@@ -55,11 +55,14 @@ export class MemoryJournalStore implements JournalStore {
     return this.totalBytes;
   }
 
-  async create(id: string, fingerprint: string, request?: string) {
+  // No copy of the request body: only another process could continue a stream from it (this
+  // journal is not shared, so nothing hands off), and no budget counts it: a 100 KB prompt with a
+  // short answer was kept for the whole TTL at a charge of one event's bytes.
+  async create(id: string, fingerprint: string) {
     const existing = this.live(id);
     if (existing) return { created: false as const, meta: { ...existing.meta } };
     this.streams.set(id, {
-      meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false, request },
+      meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false },
       firstSeq: 0,
       data: [],
       kinds: [],
@@ -80,7 +83,7 @@ export class MemoryJournalStore implements JournalStore {
     if (!e || e.meta.overflow) return false;
     if (e.bytes + bytes > this.limits.maxBytesPerStream) {
       // Over budget: keep nothing more; a resume could not be exact, so it will be refused.
-      e.meta.overflow = true;
+      this.overflow(e);
       return false;
     }
     const first = events[0];
@@ -88,7 +91,7 @@ export class MemoryJournalStore implements JournalStore {
     if (e.data.length === 0) e.firstSeq = first.seq;
     if (first.seq !== e.firstSeq + e.data.length) {
       // A gap would make a resume skip or repeat: refuse, as for a stream over budget.
-      e.meta.overflow = true;
+      this.overflow(e);
       return false;
     }
     // A batch is numbered consecutively (the recorder numbers every event it appends).
@@ -188,6 +191,15 @@ export class MemoryJournalStore implements JournalStore {
         }
       }
     }
+  }
+
+  /**
+   * Nothing more will be journaled: its followers end now (they are told the stream expired)
+   * instead of waiting, with no event, for an answer that may run for minutes yet.
+   */
+  private overflow(e: Entry): void {
+    e.meta.overflow = true;
+    for (const s of e.subscribers) this.endSub(e, s);
   }
 
   private endSub(e: Entry, s: Sub): void {

@@ -167,7 +167,7 @@ export function chatStreamRouter(
     if (!meta || meta.overflow)
       throw new ProxyError('stream_expired', 'that stream is unknown or expired');
     if (meta.state === 'handoff' && !headOnly) await takeOver(meta);
-    if ((meta.state === 'done' || meta.state === 'failed') && seq >= meta.lastSeq) {
+    if ((meta.state === 'done' || meta.state === 'failed') && (await allDelivered(meta, seq))) {
       // Everything was delivered: 204 tells EventSource to stop reconnecting.
       res.setHeader('X-Request-Id', id);
       res.status(204).end();
@@ -180,6 +180,20 @@ export function chatStreamRouter(
     });
     if (headOnly) return sink.head();
     return follow(res, sink, id, seq);
+  }
+
+  /**
+   * A finished stream's events up to `seq` are all it has, its end included. A stream abandoned
+   * (its client left, nobody came back within the grace) has no terminal event: a client that
+   * saw its last token must still be told it was cut (follow() ends it with stream_expired),
+   * or the truncated answer looks complete.
+   */
+  async function allDelivered(meta: StreamMeta, seq: number): Promise<boolean> {
+    if (seq !== meta.lastSeq) return seq > meta.lastSeq;
+    // Only a 'done' stream is sure to end with its terminal event (an overflow was refused).
+    if (meta.state === 'done') return true;
+    const last = (await journal.read(meta.id, seq - 1)).at(-1);
+    return last?.kind === 'error';
   }
 
   /**
@@ -203,6 +217,13 @@ export function chatStreamRouter(
       throw new ProxyError(
         'request_id_conflict',
         'this X-Request-ID belongs to a different request',
+      );
+    }
+    // A byte offset counts text (206): an SSE body skipped by it would drop or cut events.
+    if (status === 206 && parsed.format !== 'text') {
+      throw new ProxyError(
+        'invalid_request',
+        'Range and X-Resume-At resume a text stream; SSE resumes with Last-Event-ID',
       );
     }
     if (meta.state === 'handoff' && !headOnly) await takeOver(meta);

@@ -1,0 +1,165 @@
+// Resume edge cases found by an adversarial review of the journal and the resume paths: a
+// resume must never hang on a stream that can no longer be resumed, never make a truncated
+// answer look complete, and never answer a byte offset with anything but the text's bytes.
+
+import { MemoryJournalStore } from '../../src/journal/memory-store';
+import type { JournalEvent, JournalStore } from '../../src/journal/types';
+import { parseSse, q, request, startStack, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({
+    resumeGraceMs: 300,
+    sseRetryMs: 100,
+    // About 55 simulator tokens: a long answer outgrows it a fraction of the way in.
+    journalMaxBytesPerStream: 3000,
+  });
+});
+afterAll(() => stack.close());
+
+const ev = (seq: number, data = `t${seq}`): JournalEvent => ({ seq, kind: 'content', data });
+
+describe('a stream that outgrows its journal budget', () => {
+  it('ends its followers at once (memory store)', async () => {
+    const store = new MemoryJournalStore({
+      ttlMs: 60_000,
+      maxBytesPerStream: 1000,
+      maxBytesTotal: 100_000,
+    });
+    try {
+      await store.create('s', 'fp');
+      expect(store.append('s', [ev(1)], 600)).toBe(true);
+      const got: number[] = [];
+      let ended = false;
+      store.subscribe('s', 0, { event: (e) => got.push(e.seq), end: () => (ended = true) });
+      expect(store.append('s', [ev(2)], 600)).toBe(false);
+      // Nothing more will ever reach the journal: a follower must not wait for the stream's end.
+      expect(ended).toBe(true);
+      expect(got).toEqual([1]);
+      expect(await store.followers('s')).toBe(0);
+    } finally {
+      await store.shutdown();
+    }
+  });
+
+  it('a reader following it live is told stream_expired then, not when the answer ends', async () => {
+    const prompt = 'overflow follower [[tokens=400 delay=10]]';
+    let originalDone = false;
+    const original = request(stack.url + q(prompt, '&format=sse&thinking=false'), {
+      headers: { 'x-request-id': 'ovf-follow' },
+    }).then((r) => {
+      originalDone = true;
+      return r;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const follower = await request(stack.url + '/chat-stream', {
+      headers: { 'last-event-id': 'ovf-follow:0' },
+    });
+    // The answer takes about 4 s; the budget runs out about 0.6 s in.
+    expect(originalDone).toBe(false);
+    expect(follower.status).toBe(200);
+    const events = parseSse(follower.body).events;
+    const last = events.at(-1)!;
+    expect(last.event).toBe('error');
+    expect(JSON.parse(last.data).code).toBe('stream_expired');
+    events.forEach((e, i) => expect(e.id).toBe(`ovf-follow:${i + 1}`));
+    const again = await request(stack.url + '/chat-stream', {
+      headers: { 'last-event-id': last.id! },
+    });
+    expect(again.status).toBe(410);
+    const whole = await original;
+    expect(parseSse(whole.body).events.at(-1)!.event).toBe('done');
+  }, 15_000);
+});
+
+describe('SSE resume of an abandoned stream', () => {
+  it('at its last event is an error event, not a 204 that makes the cut answer look done', async () => {
+    // The client leaves after 5 tokens, during an upstream pause longer than the grace: the
+    // upstream is stopped with nothing journaled after what the client already has.
+    const prompt = 'abandoned at the last event [[tokens=20 stall-after=5 stall=3000]]';
+    let lastId = '';
+    await request(stack.url + q(prompt, '&format=sse&thinking=false'), {
+      headers: { 'x-request-id': 'abandon-last' },
+      onChunk: (_c, soFar) => {
+        const events = parseSse(soFar.slice(0, soFar.lastIndexOf('\n\n') + 2)).events;
+        if (events.length < 5) return undefined;
+        lastId = events.at(-1)!.id!;
+        return 'abort';
+      },
+    });
+    expect(lastId).toBe('abandon-last:5');
+    await new Promise((r) => setTimeout(r, 1000));
+    const meta = await stack.app.journal.meta('abandon-last');
+    expect(meta).toMatchObject({ state: 'failed', lastSeq: 5 });
+
+    const res = await request(stack.url + '/chat-stream', { headers: { 'last-event-id': lastId } });
+    expect(res.status).toBe(200);
+    const events = parseSse(res.body).events;
+    expect(events).toHaveLength(1);
+    expect(events[0]!.event).toBe('error');
+    expect(events[0]!.id).toBe('abandon-last:6');
+    expect(JSON.parse(events[0]!.data).code).toBe('stream_expired');
+    // EventSource reconnects with that id: now everything was delivered, and it stops.
+    const next = await request(stack.url + '/chat-stream', {
+      headers: { 'last-event-id': events[0]!.id! },
+    });
+    expect(next.status).toBe(204);
+  }, 15_000);
+
+  it('a stream that ended with its own error event is still 204 after it', async () => {
+    const prompt = 'ends in band [[tokens=10 reset=3]]';
+    const first = await request(stack.url + q(prompt, '&format=sse&thinking=false'), {
+      headers: { 'x-request-id': 'ends-in-band' },
+    });
+    const last = parseSse(first.body).events.at(-1)!;
+    expect(['done', 'error']).toContain(last.event);
+    const res = await request(stack.url + '/chat-stream', {
+      headers: { 'last-event-id': last.id! },
+    });
+    expect(res.status).toBe(204);
+  });
+});
+
+describe('text resume (Range / X-Resume-At)', () => {
+  it('asked with format=sse is refused, not a 206 SSE body with events dropped', async () => {
+    const prompt = 'sse with a range';
+    const whole = await request(stack.url + q(prompt, '&format=sse'), {
+      headers: { 'x-request-id': 'sse-range' },
+    });
+    expect(whole.status).toBe(200);
+    const headers: Record<string, string>[] = [{ range: 'bytes=3-' }, { 'x-resume-at': '3' }];
+    for (const header of headers) {
+      const res = await request(stack.url + q(prompt, '&format=sse'), {
+        headers: { 'x-request-id': 'sse-range', ...header },
+      });
+      expect(res.status).toBe(400);
+      expect(JSON.parse(res.body).error.code).toBe('invalid_request');
+    }
+    // The same request in text mode resumes as usual.
+    const text = await request(stack.url + q(prompt), {
+      headers: { 'x-request-id': 'sse-range', range: 'bytes=3-' },
+    });
+    expect(text.status).toBe(206);
+  });
+});
+
+describe('memory journal bounds', () => {
+  it('keeps no copy of a request body (nothing in-process reads it, and no budget counts it)', async () => {
+    const store = new MemoryJournalStore({
+      ttlMs: 60_000,
+      maxBytesPerStream: 1000,
+      maxBytesTotal: 100_000,
+    });
+    try {
+      const body = JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(100_000) }] });
+      // As the app calls it: through the interface, with the body a shared journal would keep.
+      const journal: JournalStore = store;
+      await journal.create('big', 'fp', body);
+      store.append('big', [ev(1)], 50);
+      expect(store.bytes).toBe(50);
+      expect((await store.meta('big'))?.request?.length ?? 0).toBe(0);
+    } finally {
+      await store.shutdown();
+    }
+  });
+});
