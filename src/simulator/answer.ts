@@ -73,6 +73,16 @@ export function tokenAt(seed: number, i: number, kind: 'content' | 'reasoning'):
 
 export const DEFAULT_CONTENT_TOKENS = 24;
 export const DEFAULT_REASONING_TOKENS = 8;
+/**
+ * Bounds on what a prompt can ask for. The answer is built in memory before it streams, and in
+ * `npm start` without a key the simulator shares the proxy's process: `[[tokens=99999999999]]`
+ * typed in the demo page ran out of heap and took the proxy down. A directive above a bound is
+ * clamped to it (tests compute the same clamped answer through simulateAnswer).
+ */
+export const MAX_CONTENT_TOKENS = 1_000_000;
+export const MAX_REASONING_TOKENS = 1_000_000;
+/** Content tokens x `repeat`: about 36 M characters at most (the longest word has 9). */
+export const MAX_TOKEN_REPEATS = 4_000_000;
 
 export interface AnswerShape {
   contentTokens?: number;
@@ -101,13 +111,22 @@ export function seedOf(prompt: string): number {
  */
 export function simulateAnswer(prompt: string, shape: AnswerShape = {}): SimulatedAnswer {
   const seed = seedOf(prompt);
-  const n = shape.contentTokens ?? directiveNumber(prompt, 'tokens') ?? DEFAULT_CONTENT_TOKENS;
+  const n = Math.min(
+    shape.contentTokens ?? directiveNumber(prompt, 'tokens') ?? DEFAULT_CONTENT_TOKENS,
+    MAX_CONTENT_TOKENS,
+  );
   const thinking = shape.thinking ?? false;
   const r = thinking
-    ? (shape.reasoningTokens ?? directiveNumber(prompt, 'rtokens') ?? DEFAULT_REASONING_TOKENS)
+    ? Math.min(
+        shape.reasoningTokens ?? directiveNumber(prompt, 'rtokens') ?? DEFAULT_REASONING_TOKENS,
+        MAX_REASONING_TOKENS,
+      )
     : 0;
   // `repeat=K` makes every token K times longer: big streams without millions of events.
-  const repeat = directiveNumber(prompt, 'repeat') ?? 1;
+  const repeat = Math.min(
+    directiveNumber(prompt, 'repeat') ?? 1,
+    Math.max(1, Math.floor(MAX_TOKEN_REPEATS / Math.max(1, n))),
+  );
   const content: string[] = [];
   for (let i = 0; i < n; i++) content.push(tokenAt(seed, i, 'content').repeat(repeat));
   const reasoning: string[] = [];

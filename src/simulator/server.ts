@@ -32,6 +32,7 @@ export interface RecordedRequest {
 
 interface SimBody {
   model?: string;
+  /** As the client sent it: not checked, so anything may be in it (see asMessage). */
   messages?: Array<{ role?: string; content?: string; prefix?: boolean }>;
   stream?: boolean;
   stream_options?: { include_usage?: boolean };
@@ -51,6 +52,14 @@ export interface Simulator {
 }
 
 const DEFAULT_MODELS = ['deepseek-v4-flash', 'deepseek-v4-pro'];
+/**
+ * Recorded requests kept (the newest), and prompts whose fault count is kept. Tests read a few
+ * dozen; without a bound, `npm start` and the bench's simulator held every request body forever.
+ */
+const MAX_RECORDED = 1000;
+const MAX_FAULT_COUNTERS = 10_000;
+/** Request bodies above this are drained and refused with 413, never buffered. */
+export const SIM_MAX_BODY_BYTES = 16 * 1024 * 1024;
 
 export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simulator> {
   const models = new Set(opts.models ?? DEFAULT_MODELS);
@@ -91,11 +100,21 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       return;
     }
     const raw = await readBody(req);
+    if (raw === undefined) {
+      json(res, 413, apiError('Request body too large', 'invalid_request_error'));
+      return;
+    }
     let body: SimBody;
     try {
       body = JSON.parse(raw) as SimBody;
     } catch {
       json(res, 400, apiError('Invalid JSON body', 'invalid_request_error'));
+      return;
+    }
+    // `null`, a number or an array parse as JSON too: without this check they threw below and the
+    // client saw its connection reset instead of an error it can read.
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      json(res, 400, apiError('Invalid request body format', 'invalid_request_error'));
       return;
     }
     const record: RecordedRequest = {
@@ -106,13 +125,22 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
       done: false,
     };
     requests.push(record);
+    if (requests.length > MAX_RECORDED) requests.splice(0, requests.length - MAX_RECORDED);
     if (typeof body.model !== 'string' || !models.has(body.model)) {
       json(res, 400, apiError('Model Not Exist', 'invalid_request_error'));
       return;
     }
-    const messages = Array.isArray(body.messages) ? body.messages : [];
+    const maxTokens: unknown = body.max_tokens;
+    if (maxTokens != null && !(Number.isInteger(maxTokens) && (maxTokens as number) >= 1)) {
+      // DeepSeek refuses these with 422; answering them let a bad value through unnoticed.
+      json(res, 422, apiError('Invalid max_tokens value', 'invalid_request_error'));
+      return;
+    }
+    const messages = (Array.isArray(body.messages) ? (body.messages as unknown[]) : []).map(
+      asMessage,
+    );
     const prompt = [...messages].reverse().find((m) => m.role === 'user')?.content;
-    if (typeof prompt !== 'string') {
+    if (prompt === undefined) {
       json(res, 400, apiError('messages must include a user message', 'invalid_request_error'));
       return;
     }
@@ -134,9 +162,7 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     }
 
     const d = parseDirectives(prompt);
-    const count = (counters.get(prompt) ?? 0) + 1;
-    counters.set(prompt, count);
-    const faulty = d !== undefined && count <= d.times;
+    const faulty = d !== undefined && countFault(prompt) <= d.times;
 
     active++;
     res.on('close', () => {
@@ -177,21 +203,40 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     // Content tokens to emit: all of them, or what follows the prefix.
     let contentTokens: string[] = answer.content;
     if (prefix !== undefined) contentTokens = continuation(answer.content, prefix, seed);
-    if (body.max_tokens !== undefined && body.max_tokens < contentTokens.length) {
-      contentTokens = contentTokens.slice(0, body.max_tokens);
-    }
+    // max_tokens bounds what this request generates: for a prefix completion, the continuation.
     const finishReason =
-      body.max_tokens !== undefined && body.max_tokens < answer.content.length ? 'length' : 'stop';
+      body.max_tokens != null && body.max_tokens < contentTokens.length ? 'length' : 'stop';
+    if (finishReason === 'length') contentTokens = contentTokens.slice(0, body.max_tokens);
+    const promptTokens = Math.ceil(prompt.length / 4);
+    const usageOf = (completion: number) => ({
+      prompt_tokens: promptTokens,
+      completion_tokens: reasoningCount + completion,
+      total_tokens: promptTokens + reasoningCount + completion,
+      completion_tokens_details: { reasoning_tokens: reasoningCount },
+    });
 
     if (body.stream !== true) {
-      await nonStream(
-        res,
-        body,
-        answer.text,
-        answer.reasoningText,
-        d && faulty ? d : undefined,
-        record,
-      );
+      const completion = {
+        id: randomUUID(),
+        object: 'chat.completion',
+        created: Math.floor(Date.now() / 1000),
+        model: body.model,
+        system_fingerprint: 'fp_simulator',
+        choices: [
+          {
+            index: 0,
+            message: {
+              role: 'assistant',
+              content: contentTokens.join(''),
+              reasoning_content: thinkingOn ? answer.reasoningText : null,
+            },
+            logprobs: null,
+            finish_reason: faulty && d.finish !== undefined ? d.finish : finishReason,
+          },
+        ],
+        usage: usageOf(contentTokens.length),
+      };
+      await nonStream(res, completion, faulty ? d : undefined, record);
       return;
     }
 
@@ -242,15 +287,11 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     }
     if (w.dead) return;
     const finish = faulty && d.finish !== undefined ? d.finish : finishReason;
-    const usage = JSON.stringify({
-      prompt_tokens: Math.ceil(prompt.length / 4),
-      completion_tokens: reasoningCount + sent,
-      total_tokens: Math.ceil(prompt.length / 4) + reasoningCount + sent,
-      completion_tokens_details: { reasoning_tokens: reasoningCount },
-    });
+    const usage = JSON.stringify(usageOf(sent));
     const includeUsage = body.stream_options?.include_usage === true;
+    // JSON.stringify: a `finish=` value from the prompt may hold a quote or a backslash.
     await w.event(
-      `${head}{"content":""},"logprobs":null,"finish_reason":"${finish}"}],"usage":${includeUsage ? 'null' : usage}}`,
+      `${head}{"content":""},"logprobs":null,"finish_reason":${JSON.stringify(finish)}}],"usage":${includeUsage ? 'null' : usage}}`,
     );
     if (includeUsage) {
       await w.event(
@@ -261,11 +302,18 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     await w.end();
   }
 
+  /** How many requests with this prompt (directives in it) came, this one included. */
+  function countFault(prompt: string): number {
+    const count = (counters.get(prompt) ?? 0) + 1;
+    counters.delete(prompt); // re-insert: the map's order is least recently used first
+    counters.set(prompt, count);
+    if (counters.size > MAX_FAULT_COUNTERS) counters.delete(counters.keys().next().value!);
+    return count;
+  }
+
   async function nonStream(
     res: http.ServerResponse,
-    body: SimBody,
-    text: string,
-    reasoning: string,
+    completion: unknown,
     d: Directives | undefined,
     record: RecordedRequest,
   ): Promise<void> {
@@ -278,22 +326,6 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
         await sleep(Math.min(d.keepAliveMs || 1000, until - Date.now()), res);
       }
     }
-    const completion = {
-      id: randomUUID(),
-      object: 'chat.completion',
-      created: Math.floor(Date.now() / 1000),
-      model: body.model,
-      system_fingerprint: 'fp_simulator',
-      choices: [
-        {
-          index: 0,
-          message: { role: 'assistant', content: text, reasoning_content: reasoning || null },
-          logprobs: null,
-          finish_reason: 'stop',
-        },
-      ],
-      usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
-    };
     res.end(JSON.stringify(completion));
     record.done = true;
   }
@@ -511,13 +543,48 @@ function statusMessage(status: number): string {
   }
 }
 
-function readBody(req: http.IncomingMessage): Promise<string> {
+/**
+ * The body as text, or undefined when it is over SIM_MAX_BODY_BYTES: the rest is read and
+ * dropped (so the client can read the 413), never buffered.
+ */
+function readBody(req: http.IncomingMessage): Promise<string | undefined> {
   return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    req.on('data', (b: Buffer) => parts.push(b));
-    req.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
+    let parts: Buffer[] | undefined = [];
+    let size = 0;
+    req.on('data', (b: Buffer) => {
+      size += b.length;
+      if (size > SIM_MAX_BODY_BYTES) parts = undefined;
+      else parts?.push(b);
+    });
+    req.on('end', () => resolve(parts && Buffer.concat(parts).toString('utf8')));
     req.on('error', reject);
   });
+}
+
+interface SimMessage {
+  role?: string;
+  /** The text: a string, or the text parts of an OpenAI content array joined. */
+  content?: string;
+  prefix?: boolean;
+}
+
+/** A message as the simulator reads it; anything that is not an object reads as no message. */
+function asMessage(m: unknown): SimMessage {
+  if (typeof m !== 'object' || m === null) return {};
+  const { role, content, prefix } = m as Record<string, unknown>;
+  let text: string | undefined;
+  if (typeof content === 'string') text = content;
+  else if (Array.isArray(content)) {
+    text = content
+      .map((p) => (p as { text?: unknown } | null)?.text)
+      .filter((t): t is string => typeof t === 'string')
+      .join('');
+  }
+  return {
+    role: typeof role === 'string' ? role : undefined,
+    content: text,
+    prefix: prefix === true,
+  };
 }
 
 export { DEFAULT_REASONING_TOKENS };
