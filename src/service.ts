@@ -83,6 +83,8 @@ export class ChatService {
     opts?: {
       /** Continue an answer that starts with this text (a stream taken over from a worker). */
       prefix?: string;
+      /** Its tokens, for max_tokens. */
+      prefixTokens?: number;
       /** `body` already serialised; sent as is. */
       json?: string;
     },

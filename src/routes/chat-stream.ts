@@ -293,7 +293,12 @@ export function chatStreamRouter(
       throw err;
     }
     let prefix = '';
-    for (const ev of events) if (ev.kind === 'content') prefix += ev.data;
+    let prefixTokens = 0;
+    for (const ev of events) {
+      if (ev.kind !== 'content') continue;
+      prefix += ev.data;
+      prefixTokens++;
+    }
     const body = JSON.parse(meta.request) as UpstreamBody;
     let stream: ChatStream | undefined;
     const recorder = new StreamRecorder(journal, meta.id, {
@@ -320,7 +325,7 @@ export function chatStreamRouter(
         (s) => {
           stream = s;
         },
-        { prefix },
+        { prefix, prefixTokens },
       )
       .then(() => recorder.abandoned());
     // Nobody is attached directly: resumed clients follow the journal, and count as followers.

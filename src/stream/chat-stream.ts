@@ -8,7 +8,7 @@ import { isAxiosError } from 'axios';
 import { ProxyError, type ErrorCode } from '../errors';
 import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../upstream/deepseek';
 import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../upstream/client';
-import { prefixContinuationBody, type UpstreamBody } from '../upstream/request';
+import { prefixContinuationBody, remainingMaxTokens, type UpstreamBody } from '../upstream/request';
 import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
 import { createSseDecoder } from './decoder';
 import { ByteScan, interpret, interpretBytes, type DeltaSink, type Usage } from './interpreter';
@@ -113,6 +113,8 @@ export class ChatStream implements DeltaSink {
   private sentToken = false;
   /** A tool-call delta came: the answer can no longer be continued upstream. */
   private toolCalled = false;
+  /** Answer tokens relayed (one per content chunk, as DeepSeek sends them): max_tokens left. */
+  private answerTokens = 0;
   private finishReason: string | undefined;
   private usageSeen: Usage | undefined;
   private controller: UpstreamAbort | undefined;
@@ -154,11 +156,14 @@ export class ChatStream implements DeltaSink {
     opts: {
       /** Continue this answer (chat prefix completion) instead of starting a new one. */
       prefix?: string;
+      /** The tokens of `prefix` (they count against the request's max_tokens). */
+      prefixTokens?: number;
       /** `body` already serialised. */
       json?: string;
     } = {},
   ) {
     if (opts.prefix) this.answerParts.push(opts.prefix);
+    this.answerTokens = opts.prefixTokens ?? 0;
     this.json = opts.json;
     this.client = client;
     this.s = settings;
@@ -292,7 +297,7 @@ export class ChatStream implements DeltaSink {
     this.held = undefined;
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
     const body = resuming
-      ? prefixContinuationBody(this.body, this.answerParts.join(''))
+      ? prefixContinuationBody(this.body, this.answerParts.join(''), this.answerTokens)
       : (this.json ?? this.body);
     const controller = new UpstreamAbort();
     this.controller = controller;
@@ -490,6 +495,7 @@ export class ChatStream implements DeltaSink {
     if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
+    this.answerTokens++;
     if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
     if (!this.forwardChunks) {
       this.listener.content(text);
@@ -595,6 +601,9 @@ export class ChatStream implements DeltaSink {
       this.stats.resumes >= this.s.upstreamResumeMax
     )
       return false;
+    // The client's max_tokens is spent: there is nothing left to ask for.
+    const left = remainingMaxTokens(this.body, this.answerTokens);
+    if (left !== undefined && left < 1) return false;
     return isRetryable(f);
   }
 

@@ -54,11 +54,25 @@ export function buildUpstreamBody(p: ChatParams): UpstreamBody {
  * The body that continues `answerSoFar` through chat prefix completion: the text so far as a
  * prefix assistant message, thinking off (a continuation must not start a new reasoning pass).
  */
-export function prefixContinuationBody(original: UpstreamBody, answerSoFar: string): UpstreamBody {
+export function prefixContinuationBody(
+  original: UpstreamBody,
+  answerSoFar: string,
+  tokensSoFar = 0,
+): UpstreamBody {
   const { reasoning_effort: _effort, ...rest } = original;
-  return {
+  const body: UpstreamBody = {
     ...rest,
     messages: [...original.messages, { role: 'assistant', content: answerSoFar, prefix: true }],
     thinking: { type: 'disabled' },
   };
+  // DeepSeek counts max_tokens per request: the continuation may only have what is left, or the
+  // spliced answer would run past the client's limit.
+  const left = remainingMaxTokens(original, tokensSoFar);
+  if (left !== undefined) body.max_tokens = left;
+  return body;
+}
+
+/** max_tokens minus the answer tokens already relayed; undefined when the request sets none. */
+export function remainingMaxTokens(body: UpstreamBody, tokensSoFar: number): number | undefined {
+  return typeof body.max_tokens === 'number' ? body.max_tokens - tokensSoFar : undefined;
 }

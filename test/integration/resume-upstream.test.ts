@@ -182,3 +182,17 @@ describe('upstream resume at the seam', () => {
     ).toBe(false);
   });
 });
+
+describe('max_tokens across a continuation', () => {
+  it('the spliced answer stops at the client max_tokens, not max_tokens past the seam', async () => {
+    const prompt = 'seam limit [[tokens=30 reset=5 delay=1]]';
+    const before = stack.sim.requests.length;
+    const res = await request(stack.url + q(prompt, '&format=sse&thinking=false&max_tokens=10'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe(simulateAnswer(prompt).content.slice(0, 10).join(''));
+    expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('length');
+    const sent = stack.sim.requests.slice(before);
+    expect(sent.map((r) => r.path)).toEqual(['/chat/completions', '/beta/chat/completions']);
+    expect(sent[1]!.body.max_tokens).toBe(5);
+  });
+});

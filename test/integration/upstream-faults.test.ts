@@ -65,6 +65,7 @@ const SCRIPTS: Record<
     ],
     then: 'reset',
   },
+  'two-tokens-then-reset': { chunks: [ROLE, token('A'), token('B')], then: 'reset' },
   'resume-refused': { chunks: [ROLE, token('A'), token('B')], then: 'reset', refuseSecond: true },
   // One event whose JSON is split over two `data:` lines (valid SSE: the lines join with LF).
   'multi-line': {
@@ -220,6 +221,24 @@ describe('a break after a tool call began', () => {
     const events = res.body.split('\n\n').filter((l) => l.startsWith('data: '));
     expect(events.filter((l) => l.includes('"tool_calls"'))).toHaveLength(1);
     expect(events.at(-1)).toMatch(/"error"/);
+    expect(paths.slice(before)).toEqual(['/chat/completions']);
+  });
+});
+
+describe('a break with the client max_tokens spent', () => {
+  it('is not continued upstream: there is nothing left to ask for', async () => {
+    const before = paths.length;
+    const res = await request(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        stream: true,
+        max_tokens: 2,
+        messages: [{ role: 'user', content: 'two-tokens-then-reset' }],
+      }),
+    });
+    const events = res.body.split('\n\n').filter((l) => l.startsWith('data: '));
+    expect(events.filter((l) => /"content":"[^"]/.test(l))).toHaveLength(2);
     expect(paths.slice(before)).toEqual(['/chat/completions']);
   });
 });

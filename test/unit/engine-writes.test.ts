@@ -217,3 +217,42 @@ describe('engine: when the listener writes', () => {
     expect(stream.stats.outcome).toBe('failed');
   });
 });
+
+describe('a continued answer and max_tokens', () => {
+  it("asks only for what is left: the taken-over prefix's tokens count too", async () => {
+    const posted: unknown[] = [];
+    const body = new PassThrough();
+    const client: UpstreamClient = {
+      post: (_path, b) => {
+        posted.push(b);
+        return Promise.resolve({
+          status: 200,
+          headers: { 'content-type': 'text/event-stream' },
+          body,
+        });
+      },
+      close: () => undefined,
+    };
+    const log: string[] = [];
+    const listener: StreamListener = {
+      open: () => log.push('open'),
+      content: (t) => log.push(`content:${t}`),
+      reasoning: () => undefined,
+      flush: () => true,
+      end: (reason) => log.push(`end:${reason}`),
+      fail: (err) => log.push(`fail:${err.code}`),
+    };
+    const stream = new ChatStream(client, SETTINGS, { ...BODY, max_tokens: 10 }, listener, {
+      prefix: 'one two three',
+      prefixTokens: 3,
+    });
+    const done = stream.run();
+    await reading(body);
+    body.end(chunk({ content: ' four' }, 'length') + 'data: [DONE]\n\n');
+    await done;
+    const sent = posted[0] as UpstreamBody;
+    expect(sent.max_tokens).toBe(7);
+    expect(sent.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'one two three' });
+    expect(log).toContain('end:length');
+  });
+});
