@@ -50,6 +50,11 @@ export class ResponseSink {
     return this.closed;
   }
 
+  /** The head (with X-Request-Id, and the SSE preamble's id) went out to the client. */
+  get headSent(): boolean {
+    return this.status !== 0 && !this.headPending && this.res.headersSent;
+  }
+
   /**
    * Send the head (and the SSE preamble). With `deferHead`, they wait for the next flush(), which
    * the caller promises with the first tokens or after a short hold: head and first tokens then

@@ -40,11 +40,14 @@ export class StreamRecorder implements StreamListener {
     this.client = sink;
   }
 
-  /** The client hung up mid-stream. */
-  detach(): void {
+  /**
+   * The client hung up mid-stream. `resumable` false: nobody can come back for this stream (its
+   * id never reached anyone), so the upstream stops at once.
+   */
+  detach(resumable = true): void {
     this.client = undefined;
     if (this.finished) return;
-    if (this.opts.graceMs <= 0 || !this.journaling) {
+    if (!resumable || this.opts.graceMs <= 0 || !this.journaling) {
       this.opts.abort();
       return;
     }

@@ -96,7 +96,7 @@ export function chatStreamRouter(
       journal.remove(requestId);
       throw err;
     }
-    return startStream(res, requestId, parsed, body, request);
+    return startStream(res, requestId, parsed, body, request, clientChoseId);
   };
 
   async function startStream(
@@ -105,6 +105,7 @@ export function chatStreamRouter(
     parsed: ChatStreamRequest,
     body: ReturnType<typeof buildUpstreamBody>,
     json: string,
+    clientChoseId: boolean,
   ) {
     const sink = sinkFor(res, parsed, requestId);
     let abortStream: () => void = () => undefined;
@@ -140,7 +141,9 @@ export function chatStreamRouter(
         // period, then stops unless someone resumed.
         const left = () => {
           stream.resume();
-          recorder.detach();
+          // A client that never saw this stream's id (its own X-Request-ID, or the head that
+          // carries ours) can never come back for it: stop now, not after the grace.
+          recorder.detach(clientChoseId || sink.headSent);
         };
         res.on('close', () => {
           if (!res.writableFinished) left();

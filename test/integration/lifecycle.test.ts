@@ -34,6 +34,56 @@ describe('when the client disconnects mid-stream', () => {
   }
 });
 
+describe('when the client leaves before the response began (a queue)', () => {
+  // The head waits for the first token; during a queue nothing reached the client, not even the
+  // stream's id. With a resume grace, a stream someone can come back to keeps generating for it.
+  let graced: Stack;
+  beforeAll(async () => {
+    graced = await startStack({ resumeGraceMs: 10_000 });
+  });
+  afterAll(() => graced.close());
+
+  const leaveDuringQueue = async (prompt: string, headers: Record<string, string> = {}) => {
+    const req = http.request(graced.url + q(prompt, '&format=sse&thinking=false'), {
+      headers,
+      agent: false,
+    });
+    req.on('error', () => undefined);
+    req.end();
+    await waitFor(() => graced.app.service.active.size === 1, 5000, 'stream started');
+    await new Promise((r) => setTimeout(r, 200));
+    req.destroy();
+  };
+
+  it('stops the upstream at once when the client never saw the stream id', async () => {
+    await leaveDuringQueue('gone in queue [[queue=3000 ka=200 tokens=5]]');
+    // Well inside the 10 s grace: nobody could ever resume this stream.
+    await waitFor(() => graced.app.service.active.size === 0, 2000, 'upstream stopped');
+    const rec = graced.sim.requests.find((r) =>
+      r.body.messages?.[0]?.content?.includes('gone in queue'),
+    );
+    expect(rec?.clientClosed).toBe(true);
+    expect(rec?.done).toBe(false);
+  });
+
+  it('keeps generating for the grace when the client chose its X-Request-ID', async () => {
+    await leaveDuringQueue('gone with id [[queue=1000 ka=200 tokens=5]]', {
+      'x-request-id': 'left-in-queue',
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(graced.app.service.active.size).toBe(1);
+    // The client comes back with its id and gets the answer.
+    const res = await request(
+      graced.url + q('gone with id [[queue=1000 ka=200 tokens=5]]', '&format=sse&thinking=false'),
+      {
+        headers: { 'x-request-id': 'left-in-queue' },
+      },
+    );
+    expect(res.status).toBe(200);
+    expect(res.body).toContain('event: done');
+  });
+});
+
 describe('a slow reader', () => {
   it('keeps the proxy buffer bounded while 20 MB of upstream output passes through', async () => {
     // ~350 bytes of upstream SSE per token: 100k tokens is over 30 MB from the simulator, and
