@@ -314,7 +314,9 @@ export class RedisJournalStore implements JournalStore {
         }
         if (entries.length === 0) {
           const meta = await this.meta(id);
-          if (!meta || (meta.state !== 'live' && meta.lastSeq <= last)) {
+          // Caught up with a stream that will journal nothing more (over its budget, or a lost
+          // append): end now, not when its answer ends minutes later.
+          if (!meta || meta.overflow || (meta.state !== 'live' && meta.lastSeq <= last)) {
             close();
             handlers.end();
             return;

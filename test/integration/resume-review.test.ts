@@ -4,6 +4,7 @@
 
 import { MemoryJournalStore } from '../../src/journal/memory-store';
 import type { JournalEvent, JournalStore } from '../../src/journal/types';
+import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
 import { parseSse, q, request, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
@@ -69,6 +70,47 @@ describe('a stream that outgrows its journal budget', () => {
     expect(again.status).toBe(410);
     const whole = await original;
     expect(parseSse(whole.body).events.at(-1)!.event).toBe('done');
+  }, 15_000);
+});
+
+describeWithRedis('a stream that outgrows its Redis journal budget', () => {
+  let redis: RedisServer;
+  let rstack: Stack;
+  beforeAll(async () => {
+    redis = await startRedis();
+    rstack = await startStack({
+      redisUrl: redis.url,
+      resumeGraceMs: 300,
+      sseRetryMs: 100,
+      journalMaxBytesPerStream: 3000,
+    });
+  }, 20_000);
+  afterAll(async () => {
+    await rstack?.close();
+    await redis?.stop();
+  });
+
+  it('ends a reader following it live then, not when the answer ends', async () => {
+    const prompt = 'redis overflow follower [[tokens=400 delay=10]]';
+    let originalDone = false;
+    const original = request(rstack.url + q(prompt, '&format=sse&thinking=false'), {
+      headers: { 'x-request-id': 'ovf-follow-redis' },
+    }).then((r) => {
+      originalDone = true;
+      return r;
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const follower = await request(rstack.url + '/chat-stream', {
+      headers: { 'last-event-id': 'ovf-follow-redis:0' },
+    });
+    // The answer takes about 4 s; the budget runs out about 0.6 s in.
+    expect(originalDone).toBe(false);
+    const events = parseSse(follower.body).events;
+    expect(events.length).toBeGreaterThan(1);
+    expect(events.at(-1)!.event).toBe('error');
+    expect(JSON.parse(events.at(-1)!.data).code).toBe('stream_expired');
+    events.forEach((e, i) => expect(e.id).toBe(`ovf-follow-redis:${i + 1}`));
+    expect(parseSse((await original).body).events.at(-1)!.event).toBe('done');
   }, 15_000);
 });
 
