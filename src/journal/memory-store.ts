@@ -1,5 +1,6 @@
-// journal/memory-store.ts: the in-process journal. Bounded per stream and in total (the oldest
-// streams are evicted first), swept for TTL on an unref()ed timer, shutdown() to stop it.
+// journal/memory-store.ts: the in-process journal. Bounded per stream and in total (finished
+// streams are evicted before live ones, oldest first), swept for TTL on an unref()ed timer,
+// shutdown() to stop it.
 // Subscribers are called synchronously as events are appended.
 
 import {
@@ -219,8 +220,15 @@ export class MemoryJournalStore implements JournalStore {
     return e;
   }
 
-  /** Oldest first, never the stream being written right now. */
+  /**
+   * Finished streams first, oldest first; then live ones (a long answer still running, with its
+   * readers, outranks replays of answers that are over), never the stream being written now.
+   */
   private evict(keep: string): void {
+    for (const [id, e] of this.streams) {
+      if (this.totalBytes <= this.limits.maxBytesTotal) return;
+      if (id !== keep && e.meta.state !== 'live') this.drop(id, e);
+    }
     for (const [id, e] of this.streams) {
       if (this.totalBytes <= this.limits.maxBytesTotal) return;
       if (id !== keep) this.drop(id, e);

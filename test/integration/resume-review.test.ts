@@ -185,6 +185,30 @@ describe('text resume (Range / X-Resume-At)', () => {
   });
 });
 
+describe('memory journal eviction', () => {
+  it('over the total budget, drops finished streams before an older live one', async () => {
+    const store = new MemoryJournalStore({
+      ttlMs: 60_000,
+      maxBytesPerStream: 10_000,
+      maxBytesTotal: 1_000,
+    });
+    try {
+      await store.create('live-old', 'fp');
+      expect(store.append('live-old', [ev(1)], 400)).toBe(true);
+      await store.create('done-newer', 'fp');
+      expect(store.append('done-newer', [ev(1)], 400)).toBe(true);
+      store.finish('done-newer', 'done');
+      await store.create('writing', 'fp');
+      expect(store.append('writing', [ev(1)], 400)).toBe(true); // 1,200 bytes: one must go
+      expect(await store.meta('done-newer')).toBeUndefined();
+      expect((await store.meta('live-old'))?.state).toBe('live');
+      expect(await store.read('live-old', 0)).toHaveLength(1);
+    } finally {
+      await store.shutdown();
+    }
+  });
+});
+
 describe('memory journal bounds', () => {
   it('keeps no copy of a request body (nothing in-process reads it, and no budget counts it)', async () => {
     const store = new MemoryJournalStore({
