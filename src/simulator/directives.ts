@@ -65,7 +65,8 @@ export function parseDirectives(prompt: string): Directives | undefined {
   const flag = (k: string) => kv.has(k) && kv.get(k) !== '0';
   return {
     times: num('times') ?? 1,
-    status: num('status'),
+    // Only what an HTTP status can be: Node throws on anything else, and the client saw a reset.
+    status: statusOf(num('status')),
     retryAfter: kv.get('retry-after'),
     retryAfterMs: kv.get('retry-after-ms'),
     html: flag('html'),
@@ -78,7 +79,8 @@ export function parseDirectives(prompt: string): Directives | undefined {
     stallMs: num('stall') ?? 0,
     reset: num('reset'),
     cut: num('cut'),
-    frag: num('frag') ?? 0,
+    // Whole bytes: a fraction below 1 split every write into nothing, forever.
+    frag: Math.max(0, Math.floor(num('frag') ?? 0)),
     coalesce: flag('coalesce'),
     lineEnding: flag('crlf') ? '\r\n' : flag('cr') ? '\r' : '\n',
     bom: flag('bom'),
@@ -88,4 +90,8 @@ export function parseDirectives(prompt: string): Directives | undefined {
     delayMs: num('delay'),
     noDone: flag('nodone'),
   };
+}
+
+function statusOf(n: number | undefined): number | undefined {
+  return n !== undefined && Number.isInteger(n) && n >= 100 && n <= 599 ? n : undefined;
 }

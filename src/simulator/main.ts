@@ -15,4 +15,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop);
 }
 
-void main();
+main().catch((err: unknown) => {
+  process.stderr.write(`simulator: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

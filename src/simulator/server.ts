@@ -330,9 +330,14 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     record.done = true;
   }
 
-  await new Promise<void>((resolve) =>
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve),
-  );
+  // A port already taken rejects here (a message for the caller), not as an uncaught 'error'.
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
   const port = (server.address() as AddressInfo).port;
   const host = opts.host && opts.host !== '0.0.0.0' ? opts.host : '127.0.0.1';
   return {

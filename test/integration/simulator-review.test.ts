@@ -178,6 +178,32 @@ describe('simulator: what a typed prompt can ask for', () => {
   });
 });
 
+describe('simulator: directives out of range', () => {
+  it('a status no HTTP response can have is ignored, not a reset connection', async () => {
+    const res = await post({
+      model: 'deepseek-v4-flash',
+      stream: true,
+      messages: [{ role: 'user', content: 'odd status [[status=9999 tokens=3]]' }],
+    });
+    expect(res.status).toBe(200);
+    expect(streamText(res.body)).toBe(simulateAnswer('odd status [[status=9999 tokens=3]]').text);
+  });
+
+  it('a fractional frag splits into whole bytes and the answer ends', async () => {
+    const prompt = 'tiny frag [[frag=0.001 tokens=3]]';
+    const res = await post({
+      model: 'deepseek-v4-flash',
+      stream: true,
+      messages: [{ role: 'user', content: prompt }],
+    });
+    expect(streamText(res.body)).toBe(simulateAnswer(prompt).text);
+  }, 5_000);
+
+  it('a port already taken is a rejected start, not an uncaught error', async () => {
+    await expect(startSimulator({ port: sim.port })).rejects.toThrow(/EADDRINUSE/);
+  });
+});
+
 describe('simulator: max_tokens and prefix completion', () => {
   it('non-stream answers honour max_tokens: cut text, finish_reason length, real usage', async () => {
     const prompt = 'non stream cut [[tokens=10]]';
