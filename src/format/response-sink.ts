@@ -21,6 +21,16 @@ export interface ResponseSinkOptions {
   afterSeq?: number;
 }
 
+/**
+ * The heartbeat timer's period: half of HEARTBEAT_MS. A tick pings when nothing was written
+ * since the one before, so the silence before a ping is between a half and a whole
+ * HEARTBEAT_MS; a timer of HEARTBEAT_MS itself let it run to almost twice that (a reverse
+ * proxy timing out just above HEARTBEAT_MS, as the README advises, would cut the stream).
+ */
+export function heartbeatTickMs(heartbeatMs: number): number {
+  return Math.max(1, Math.floor(heartbeatMs / 2));
+}
+
 export class ResponseSink {
   bytesOut = 0;
   /** HTTP status sent, for the log line. */
@@ -80,7 +90,7 @@ export class ResponseSink {
     } else if (this.frames.preamble) res.write(this.frames.preamble);
     else res.flushHeaders();
     if (this.frames.ping !== null) {
-      this.heartbeat = setInterval(() => this.tick(), this.opts.heartbeatMs);
+      this.heartbeat = setInterval(() => this.tick(), heartbeatTickMs(this.opts.heartbeatMs));
       this.heartbeat.unref();
     }
   }
@@ -246,10 +256,13 @@ export class ResponseSink {
       return;
     }
     if (this.headPending) {
-      // Still held for the first token after a whole heartbeat: the head and preamble go first.
+      // Still held for the first token after a whole tick: the head and preamble go first.
       this.flush();
     } else if (!this.wroteSinceTick && this.frames.ping !== null && !this.closed) {
       this.res.write(this.frames.ping);
+      // A ping counts as a write: in a long silence, one ping per HEARTBEAT_MS, not per tick.
+      this.wroteSinceTick = true;
+      return;
     }
     this.wroteSinceTick = false;
   }

@@ -8,6 +8,7 @@ import { Router } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
 import { clientGone, methodNotAllowed } from '../middleware/errors';
+import { heartbeatTickMs } from '../format/response-sink';
 import type { ChatService } from '../service';
 import type { ChatStream, StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -102,9 +103,12 @@ export function batchRouter(config: Config, service: ChatService): Router {
     const heartbeat = ndjson
       ? undefined
       : setInterval(() => {
-          if (!wrote && !res.destroyed) res.write(': ping\n\n');
-          wrote = false;
-        }, config.heartbeatMs);
+          // As ResponseSink: a ping counts as a write (one per HEARTBEAT_MS of silence).
+          if (!wrote && !res.destroyed) {
+            res.write(': ping\n\n');
+            wrote = true;
+          } else wrote = false;
+        }, heartbeatTickMs(config.heartbeatMs));
     heartbeat?.unref();
     res.on('close', () => clearInterval(heartbeat));
     const write = (text: string): boolean => {

@@ -51,6 +51,32 @@ describe('ResponseSink heartbeat', () => {
     expect(jest.getTimerCount()).toBe(0);
   });
 
+  it('a ping comes within HEARTBEAT_MS of the last write, then once per HEARTBEAT_MS', () => {
+    const { res, writes } = fakeResponse();
+    const sink = new ResponseSink(res as unknown as ServerResponse, sseFrames('r3', 100), {
+      requestId: 'r3',
+      heartbeatMs: 1000,
+    });
+    sink.open();
+    jest.advanceTimersByTime(400);
+    sink.content('hi', 1);
+    sink.flush(); // the last write, at 400 ms
+    const pingsAt: number[] = [];
+    for (let t = 401; t <= 6400; t++) {
+      const before = writes.length;
+      jest.advanceTimersByTime(1);
+      if (writes.length > before && writes.at(-1) === ': ping\n\n') pingsAt.push(t);
+    }
+    // Never more than HEARTBEAT_MS of silence (a reverse proxy's idle timeout just above it
+    // must not cut the stream), and no more pings than one per HEARTBEAT_MS.
+    expect(pingsAt[0]! - 400).toBeLessThanOrEqual(1000);
+    for (let i = 1; i < pingsAt.length; i++) {
+      expect(pingsAt[i]! - pingsAt[i - 1]!).toBe(1000);
+    }
+    expect(pingsAt.length).toBeGreaterThanOrEqual(5);
+    sink.done('{}', 2);
+  });
+
   it('HEAD: the head and no timer', () => {
     const { res, writes } = fakeResponse();
     new ResponseSink(res as unknown as ServerResponse, sseFrames('r2', 100), {
