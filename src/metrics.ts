@@ -76,7 +76,7 @@ export class Metrics {
   });
   readonly disconnects = new Counter({
     name: 'dsp_client_disconnects_total',
-    help: 'Clients that left before their stream ended',
+    help: 'Streams stopped because their client left and nobody resumed within the grace',
     registers: [this.registry],
   });
   readonly rateLimited = new Counter({

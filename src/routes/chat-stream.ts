@@ -368,7 +368,7 @@ export function chatStreamRouter(
     }
     return held(res, handle(req, res, false));
   });
-  router.all('/chat-stream', methodNotAllowed(['GET', 'POST']));
+  router.all('/chat-stream', methodNotAllowed(['GET', 'HEAD', 'POST']));
   return router;
 }
 

@@ -127,7 +127,7 @@ describe('bad input before streaming', () => {
 
   it('names the allowed methods on 405', async () => {
     const res = await request(stack.url + '/chat-stream', { method: 'DELETE' });
-    expect(res.headers.allow).toBe('GET, POST');
+    expect(res.headers.allow).toBe('GET, HEAD, POST'); // HEAD runs a GET's checks
   });
 
   it('a GET prompt too long for a URL is 413 payload_too_large, pointing to POST', async () => {
