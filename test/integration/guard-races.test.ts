@@ -29,18 +29,14 @@ describeWithRedis('stream slots from a slow Redis', () => {
   });
 
   /** Redis answers nobody for `ms` (CLIENT PAUSE): every guard's command waits that long. */
-  const pauseRedis = (ms: number) => admin.call('CLIENT', 'PAUSE', String(ms));
-
-  const postBatch = (prompts: string[]) => {
-    const req = http.request(stack.url + '/chat-stream/batch', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      agent: false,
-    });
-    req.on('error', () => undefined);
-    req.end(JSON.stringify({ prompts, thinking: false }));
-    return req;
+  /** The proxy again with other guards on (the same Redis), once it reaches Redis. */
+  const restartWith = async (overrides: Parameters<typeof startStack>[0]) => {
+    await stack.close();
+    stack = await startStack({ redisUrl: redis.url, ...overrides });
+    expect((await request(stack.url + '/readyz')).status).toBe(200);
   };
+
+  const pauseRedis = (ms: number) => admin.call('CLIENT', 'PAUSE', String(ms));
 
   const upstreamCalls = (tag: string) =>
     stack.sim.requests.filter((r) => String(r.body.messages?.[0]?.content).includes(tag)).length;
@@ -51,7 +47,11 @@ describeWithRedis('stream slots from a slow Redis', () => {
     return Promise.all(keys.map(async (k) => Number(await admin.get(k))));
   };
 
-  const leaveDuringSlotWait = async (path: string, body: object) => {
+  /**
+   * POST `body` to `path` and hang up 200 ms later, while Redis answers nobody (600 ms), so the
+   * guards in front of the route are still waiting; return once the route has run (1200 ms).
+   */
+  const leaveDuringRedisWait = async (path: string, body: object) => {
     await pauseRedis(600);
     const req = http.request(stack.url + path, {
       method: 'POST',
@@ -61,7 +61,7 @@ describeWithRedis('stream slots from a slow Redis', () => {
     req.on('error', () => undefined);
     req.end(JSON.stringify(body));
     await new Promise((r) => setTimeout(r, 200));
-    req.destroy(); // gone while the stream cap waits for Redis
+    req.destroy(); // gone while a guard waits for Redis
     await new Promise((r) => setTimeout(r, 1200));
   };
 
@@ -78,7 +78,7 @@ describeWithRedis('stream slots from a slow Redis', () => {
   ])(
     'a client that leaves %s while its stream slot is taken starts nothing and keeps no slot',
     async (path, body) => {
-      await leaveDuringSlotWait(path, body);
+      await leaveDuringRedisWait(path, body);
       expect(stack.app.service.active.size).toBe(0);
       expect(upstreamCalls('gone v')).toBe(0);
       // The slot taken for nobody went back: the client may open its full quota again.
@@ -90,10 +90,8 @@ describeWithRedis('stream slots from a slow Redis', () => {
   it('a client gone while the request rate limit waited takes no stream slot', async () => {
     // Both guards on: the rate limit waits on Redis first; the stream cap runs after the client
     // left, its 'close' already fired.
-    await stack.close();
-    stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16, rateLimitMax: 1000 });
-    expect((await request(stack.url + '/readyz')).status).toBe(200);
-    await leaveDuringSlotWait('/chat-stream', {
+    await restartWith({ maxStreamsPerClient: 16, rateLimitMax: 1000 });
+    await leaveDuringRedisWait('/chat-stream', {
       prompt: 'gone r [[tokens=300 delay=20]]',
       thinking: false,
     });
@@ -102,8 +100,7 @@ describeWithRedis('stream slots from a slow Redis', () => {
   }, 20_000);
 
   it('a Redis that refuses writes (memory full) is 503 store_unavailable, not a 500', async () => {
-    await stack.close();
-    stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16, rateLimitMax: 1000 });
+    await restartWith({ maxStreamsPerClient: 16, rateLimitMax: 1000 });
     await admin.config('SET', 'maxmemory-policy', 'noeviction');
     await admin.config('SET', 'maxmemory', '1');
     try {
@@ -116,13 +113,32 @@ describeWithRedis('stream slots from a slow Redis', () => {
     }
   }, 20_000);
 
+  it.each([true, false])(
+    '/v1 (stream: %s) gone while the request rate limit waited starts no upstream request',
+    async (stream) => {
+      // The per-client stream cap off: only the request rate limit waits on Redis.
+      await restartWith({ rateLimitMax: 1000, maxStreamsPerClient: 0 });
+      const tag = `left v1 ${stream ? 's' : 'j'}`;
+      await leaveDuringRedisWait('/v1/chat/completions', {
+        model: 'deepseek-chat',
+        stream,
+        messages: [{ role: 'user', content: `${tag} [[tokens=300 delay=20]]` }],
+      });
+      // Nobody reads this answer: nothing may be generating (and billed) for it.
+      expect(stack.app.service.active.size).toBe(0);
+      const calls = stack.sim.requests.filter((r) =>
+        String(r.body.messages?.[0]?.content).includes(tag),
+      );
+      expect(calls.filter((r) => !r.done && !r.clientClosed)).toEqual([]);
+    },
+    20_000,
+  );
+
   it('when the client leaves while the slots are taken, no prompt starts upstream', async () => {
-    await pauseRedis(600);
-    const req = postBatch(['left early a [[tokens=300 delay=20]]', 'left early b [[tokens=300]]']);
-    await new Promise((r) => setTimeout(r, 200));
-    req.destroy(); // gone while the stream cap waits for Redis
-    // Redis is back at 600 ms; the handler has run by 1200 ms.
-    await new Promise((r) => setTimeout(r, 1200));
+    await leaveDuringRedisWait('/chat-stream/batch', {
+      prompts: ['left early a [[tokens=300 delay=20]]', 'left early b [[tokens=300]]'],
+      thinking: false,
+    });
     // Nobody reads this batch: its prompts must not be generating (and billed) for 6 s.
     expect(stack.app.service.active.size).toBe(0);
     expect(upstreamCalls('left early')).toBe(0);

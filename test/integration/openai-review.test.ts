@@ -1,11 +1,8 @@
-// /v1/chat/completions as real clients meet it, in the cases a review found broken: a client that
-// leaves while the guards in front of the route wait on Redis, a prompt sent as an array of content
-// parts, and the byte count of a non-stream answer in the log line.
+// /v1/chat/completions as real clients meet it, in the cases a review found broken: a prompt sent
+// as an array of content parts, and the byte count of a non-stream answer in the log line (a client
+// that leaves while a guard waits on Redis: guard-races.test.ts).
 
-import http from 'node:http';
-import Redis from 'ioredis';
 import { simulateAnswer } from '../../src/simulator/answer';
-import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
 import { request, startStack, type Stack } from '../helpers/stack';
 
 describe('/v1 limits and accounting', () => {
@@ -56,54 +53,4 @@ describe('/v1 limits and accounting', () => {
     const line = stack.logs.find((l) => l.includes(id) && l.includes('stream finished'))!;
     expect(JSON.parse(line).bytesOut).toBe(Buffer.byteLength(res.body));
   });
-});
-
-describeWithRedis('a /v1 client that leaves while the request rate limit waits on Redis', () => {
-  let redis: RedisServer;
-  let admin: Redis;
-  let stack: Stack;
-  beforeAll(async () => {
-    redis = await startRedis();
-    admin = new Redis(redis.url);
-    // The per-client stream cap off: only the request rate limit waits on Redis.
-    stack = await startStack({ redisUrl: redis.url, rateLimitMax: 1000, maxStreamsPerClient: 0 });
-    expect((await request(stack.url + '/readyz')).status).toBe(200);
-  }, 20_000);
-  afterAll(async () => {
-    await stack?.close();
-    admin?.disconnect();
-    await redis?.stop();
-  });
-
-  it.each([true, false])(
-    'stream: %s starts no upstream request for nobody',
-    async (stream) => {
-      const tag = `left v1 ${stream ? 's' : 'j'}`;
-      await admin.call('CLIENT', 'PAUSE', '600');
-      const req = http.request(stack.url + '/v1/chat/completions', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        agent: false,
-      });
-      req.on('error', () => undefined);
-      req.end(
-        JSON.stringify({
-          model: 'deepseek-chat',
-          stream,
-          messages: [{ role: 'user', content: `${tag} [[tokens=300 delay=20]]` }],
-        }),
-      );
-      await new Promise((r) => setTimeout(r, 200));
-      req.destroy(); // gone while the rate limiter waits for Redis
-      // Redis answers again at 600 ms; the route has run by 1200 ms.
-      await new Promise((r) => setTimeout(r, 1200));
-      const calls = stack.sim.requests.filter((r) =>
-        String(r.body.messages?.[0]?.content).includes(tag),
-      );
-      // Nobody reads this answer: nothing may be generating (and billed) for it.
-      expect(stack.app.service.active.size).toBe(0);
-      expect(calls.filter((r) => !r.done && !r.clientClosed)).toEqual([]);
-    },
-    20_000,
-  );
 });

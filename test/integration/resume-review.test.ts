@@ -20,6 +20,34 @@ afterAll(() => stack.close());
 
 const ev = (seq: number, data = `t${seq}`): JournalEvent => ({ seq, kind: 'content', data });
 
+/**
+ * Start a 400-token answer (about 4 s) with id `id` on a stack whose per-stream budget runs out
+ * about 0.6 s in, follow it from the start, and check what the follower got: the events in order,
+ * ending with stream_expired. `originalDone` is read when the follower ended.
+ */
+async function followPastBudget(on: Stack, id: string) {
+  let done = false;
+  const original = request(
+    on.url + q(`${id} [[tokens=400 delay=10]]`, '&format=sse&thinking=false'),
+    {
+      headers: { 'x-request-id': id },
+    },
+  ).then((r) => {
+    done = true;
+    return r;
+  });
+  await new Promise((r) => setTimeout(r, 100));
+  const follower = await request(on.url + '/chat-stream', {
+    headers: { 'last-event-id': `${id}:0` },
+  });
+  const originalDone = done;
+  const events = parseSse(follower.body).events;
+  expect(events.at(-1)!.event).toBe('error');
+  expect(JSON.parse(events.at(-1)!.data).code).toBe('stream_expired');
+  events.forEach((e, i) => expect(e.id).toBe(`${id}:${i + 1}`));
+  return { follower, events, originalDone, original };
+}
+
 describe('a stream that outgrows its journal budget', () => {
   it('ends its followers at once (memory store)', async () => {
     const store = new MemoryJournalStore({
@@ -44,32 +72,17 @@ describe('a stream that outgrows its journal budget', () => {
   });
 
   it('a reader following it live is told stream_expired then, not when the answer ends', async () => {
-    const prompt = 'overflow follower [[tokens=400 delay=10]]';
-    let originalDone = false;
-    const original = request(stack.url + q(prompt, '&format=sse&thinking=false'), {
-      headers: { 'x-request-id': 'ovf-follow' },
-    }).then((r) => {
-      originalDone = true;
-      return r;
-    });
-    await new Promise((r) => setTimeout(r, 100));
-    const follower = await request(stack.url + '/chat-stream', {
-      headers: { 'last-event-id': 'ovf-follow:0' },
-    });
-    // The answer takes about 4 s; the budget runs out about 0.6 s in.
+    const { follower, events, originalDone, original } = await followPastBudget(
+      stack,
+      'ovf-follow',
+    );
     expect(originalDone).toBe(false);
     expect(follower.status).toBe(200);
-    const events = parseSse(follower.body).events;
-    const last = events.at(-1)!;
-    expect(last.event).toBe('error');
-    expect(JSON.parse(last.data).code).toBe('stream_expired');
-    events.forEach((e, i) => expect(e.id).toBe(`ovf-follow:${i + 1}`));
     const again = await request(stack.url + '/chat-stream', {
-      headers: { 'last-event-id': last.id! },
+      headers: { 'last-event-id': events.at(-1)!.id! },
     });
     expect(again.status).toBe(410);
-    const whole = await original;
-    expect(parseSse(whole.body).events.at(-1)!.event).toBe('done');
+    expect(parseSse((await original).body).events.at(-1)!.event).toBe('done');
   }, 15_000);
 });
 
@@ -91,25 +104,9 @@ describeWithRedis('a stream that outgrows its Redis journal budget', () => {
   });
 
   it('ends a reader following it live then, not when the answer ends', async () => {
-    const prompt = 'redis overflow follower [[tokens=400 delay=10]]';
-    let originalDone = false;
-    const original = request(rstack.url + q(prompt, '&format=sse&thinking=false'), {
-      headers: { 'x-request-id': 'ovf-follow-redis' },
-    }).then((r) => {
-      originalDone = true;
-      return r;
-    });
-    await new Promise((r) => setTimeout(r, 100));
-    const follower = await request(rstack.url + '/chat-stream', {
-      headers: { 'last-event-id': 'ovf-follow-redis:0' },
-    });
-    // The answer takes about 4 s; the budget runs out about 0.6 s in.
+    const { events, originalDone, original } = await followPastBudget(rstack, 'ovf-follow-redis');
     expect(originalDone).toBe(false);
-    const events = parseSse(follower.body).events;
     expect(events.length).toBeGreaterThan(1);
-    expect(events.at(-1)!.event).toBe('error');
-    expect(JSON.parse(events.at(-1)!.data).code).toBe('stream_expired');
-    events.forEach((e, i) => expect(e.id).toBe(`ovf-follow-redis:${i + 1}`));
     expect(parseSse((await original).body).events.at(-1)!.event).toBe('done');
   }, 15_000);
 });
