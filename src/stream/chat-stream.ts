@@ -129,6 +129,9 @@ export class ChatStream implements DeltaSink {
   private forwardedPreToken = false;
   /** Something was handed to the listener since the last flush. */
   private dirty = false;
+  /** The first half of a surrogate pair, waiting for its token's continuation (joinPair). */
+  private splitPair = '';
+  private splitPairReasoning = false;
   private flushScheduled = false;
   /** The first token is waiting: it is written at the end of the read that brought it. */
   private firstPending = false;
@@ -498,6 +501,10 @@ export class ChatStream implements DeltaSink {
     this.answerTokens++;
     if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
     if (!this.forwardChunks) {
+      if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
+        this.joinPair(text, false);
+        return;
+      }
       this.listener.content(text);
       this.dirty = true;
     }
@@ -508,9 +515,47 @@ export class ChatStream implements DeltaSink {
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
     if (!this.forwardChunks) {
+      if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
+        this.joinPair(text, true);
+        return;
+      }
       this.listener.reasoning(text);
       this.dirty = true;
     }
+  }
+
+  /**
+   * A token that ends in the first half of a surrogate pair (an upstream that escaped an emoji as
+   * `\ud83d` in one event and `\ude00` in the next): that half waits for the next token of the
+   * same kind, so every token the listener gets is whole characters. Sent alone, each half
+   * would become U+FFFD in text mode, and in the journal's byte counts for a text resume.
+   */
+  private joinPair(text: string, reasoning: boolean): void {
+    let t = text;
+    if (this.splitPair !== '') {
+      if (this.splitPairReasoning === reasoning) t = this.splitPair + t;
+      else this.releasePair(); // the other kind: its half has no other half coming
+      this.splitPair = '';
+    }
+    if (isHighSurrogate(t.charCodeAt(t.length - 1))) {
+      this.splitPair = t.slice(-1);
+      this.splitPairReasoning = reasoning;
+      t = t.slice(0, -1);
+    }
+    if (t.length === 0) return;
+    if (reasoning) this.listener.reasoning(t);
+    else this.listener.content(t);
+    this.dirty = true;
+  }
+
+  /** A lone first half still waiting: out as it is (the answer ends, or changes kind). */
+  private releasePair(): void {
+    const half = this.splitPair;
+    if (half === '') return;
+    this.splitPair = '';
+    if (this.splitPairReasoning) this.listener.reasoning(half);
+    else this.listener.content(half);
+    this.dirty = true;
   }
 
   toolCall(): void {
@@ -617,6 +662,7 @@ export class ChatStream implements DeltaSink {
     this.stats.outcome = 'completed';
     this.stats.finishReason = this.finishReason ?? 'stop';
     try {
+      this.releasePair();
       this.listener.end(this.stats.finishReason, this.usageSeen);
     } catch (err) {
       // Thrown from inside a socket event: report it from the loop, as any other bug.
@@ -628,6 +674,7 @@ export class ChatStream implements DeltaSink {
     if (this.stats.outcome === 'failed') return;
     this.stats.outcome = 'failed';
     this.stats.errorCode = err.code;
+    if (this.opened) this.releasePair();
     this.listener.fail(err, this.opened);
   }
 
@@ -784,6 +831,10 @@ const CONNECT_CODES = new Set([
 ]);
 
 function noop(): void {}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
+}
 
 /** A bug of ours (or a listener's): ends this stream only; a retry would repeat it. */
 function internalFailure(err: unknown): AttemptResult {

@@ -55,6 +55,9 @@ export function createSseDecoder(
   let eventType: string | undefined;
   let lastEventId = '';
   let dropping = false; // after an overflow: ignore input until the current event ends
+  // The overflow came inside a line: the next line end ends that line, not the event (read as a
+  // blank line, it would dispatch the rest of the oversized event as an event of its own).
+  let inDroppedLine = false;
 
   function resetEvent(): void {
     data = '';
@@ -147,13 +150,19 @@ export function createSseDecoder(
       if (cr !== -1 && cr < pos) cr = s.indexOf('\r', pos);
       const end = lf === -1 ? cr : cr === -1 ? lf : lf < cr ? lf : cr;
       if (end === -1) {
+        if (inDroppedLine) return; // more of a line already dropped
         const rest = pos === 0 ? s : s.slice(pos);
         fragments.push(rest);
         fragmentsLength += rest.length;
-        if (fragmentsLength + data.length > maxEventChars) overflow();
+        if (fragmentsLength + data.length > maxEventChars) {
+          overflow();
+          inDroppedLine = true;
+        }
         return;
       }
-      if (fragments.length > 0) {
+      if (inDroppedLine) {
+        inDroppedLine = false; // the dropped line ends here; the event goes on being dropped
+      } else if (fragments.length > 0) {
         fragments.push(s.slice(pos, end));
         const whole = fragments.join('');
         fragments.length = 0;
@@ -233,7 +242,7 @@ export function createSseDecoder(
         feedBytes(buf);
         return;
       }
-      if (fragments.length > 0) {
+      if (fragments.length > 0 || inDroppedLine) {
         // Finish the pending line through the text path, then read the rest as bytes.
         const lf = buf.indexOf(LF);
         if (lf === -1) {
@@ -256,6 +265,7 @@ export function createSseDecoder(
       if (text.length > 0) feedText(text);
       fragments.length = 0;
       fragmentsLength = 0;
+      inDroppedLine = false;
       resetEvent();
     },
     reset(): void {
@@ -264,6 +274,7 @@ export function createSseDecoder(
       fragmentsLength = 0;
       skipLeadingLF = false;
       dropping = false;
+      inDroppedLine = false;
       lastEventId = '';
       resetEvent();
     },

@@ -95,6 +95,7 @@ function fastToken(data: string, mark: string, scan: ByteScan | undefined): stri
     if (scan) scan.text = { head: data.slice(0, start), tail: data.slice(end) };
   }
   const raw = data.slice(start, end);
+  if (hasControl(raw)) return undefined; // not JSON: the full parse reports it
   if (raw.indexOf('\\') === -1) return raw;
   try {
     return JSON.parse(`"${raw}"`) as string;
@@ -230,6 +231,8 @@ function tokenAt(
     if (q >= end) return undefined;
     const b = buf[q]!;
     if (b === 34 /* " */) break;
+    // A raw control character is not JSON (a string must escape it): the full parse reports it.
+    if (b < 32) return undefined;
     if (b === 92 /* \ */) {
       escaped = true;
       q++;
@@ -304,6 +307,10 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     return;
   }
   const choice = chunk.choices?.[0];
+  if (choice !== undefined && (choice === null || typeof choice !== 'object')) {
+    sink.invalid('chunk with a choice that is not an object');
+    return;
+  }
   if (choice && choice.finish_reason === CUT_OFF_FINISH) {
     // Not a finish for the client: the answer goes on (continued upstream) or ends in an error.
     // Pass-through formats get the chunk without it, and only if it carries a delta.
@@ -320,6 +327,10 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     return;
   }
   const delta = choice.delta;
+  if (delta !== undefined && delta !== null && typeof delta !== 'object') {
+    sink.invalid('chunk with a delta that is not an object');
+    return;
+  }
   if (delta) {
     const r = delta.reasoning_content;
     if (typeof r === 'string' && r.length > 0) sink.reasoning(r);
@@ -329,6 +340,12 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
   }
   const f = choice.finish_reason;
   if (typeof f === 'string') sink.finish(f, chunk.usage ?? undefined);
+}
+
+/** A character below U+0020, which a JSON string must escape. */
+function hasControl(raw: string): boolean {
+  for (let i = 0; i < raw.length; i++) if (raw.charCodeAt(i) < 32) return true;
+  return false;
 }
 
 function isJson(text: string): boolean {

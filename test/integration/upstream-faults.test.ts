@@ -28,6 +28,8 @@ const SCRIPTS: Record<
     failFirst?: number;
     /** The second request (the continuation) is refused with 503 and retry-after-ms: 300. */
     refuseSecond?: boolean;
+    /** Wait this long between chunks: each is an upstream read of its own. */
+    gapMs?: number;
   }
 > = {
   'broken-envelope': {
@@ -72,6 +74,23 @@ const SCRIPTS: Record<
     chunks: [ROLE, token('A').replace('"choices":', '\ndata: "choices":'), token('B'), FINISH],
     then: 'done',
   },
+  // An emoji escaped as a surrogate pair whose halves come in two events (and two reads).
+  'split-surrogate': {
+    chunks: [ROLE, line('{"content":"a\\ud83d"}'), line('{"content":"\\ude00b"}'), FINISH],
+    then: 'done',
+    gapMs: 30,
+  },
+  'null-choice-first': { chunks: [ROLE, 'data: {"choices":[null]}\n\n'], then: 'done' },
+  'null-choice-later': {
+    chunks: [ROLE, token('A'), 'data: {"choices":[{"index":0,"delta":7}]}\n\n', FINISH],
+    then: 'done',
+  },
+  // A raw control character inside the token: not JSON, even with an envelope seen before.
+  'raw-control': {
+    chunks: [ROLE, token('A'), line('{"content":"x\u0001y"}'), token('B'), FINISH],
+    then: 'done',
+    gapMs: 10,
+  },
   'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
   'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
@@ -112,10 +131,23 @@ beforeAll(async () => {
         setTimeout(() => res.socket?.destroy(), 20);
         return;
       }
-      for (const c of script.chunks) res.write(c);
-      if (script.then === 'done') res.end('data: [DONE]\n\n');
-      else if (script.then === 'reset') setTimeout(() => res.socket?.destroy(), 20);
-      // 'stall': the connection stays open and silent until the test ends.
+      const rest = () => {
+        if (script.then === 'done') res.end('data: [DONE]\n\n');
+        else if (script.then === 'reset') setTimeout(() => res.socket?.destroy(), 20);
+        // 'stall': the connection stays open and silent until the test ends.
+      };
+      const gap = script.gapMs;
+      if (gap === undefined) {
+        for (const c of script.chunks) res.write(c);
+        rest();
+        return;
+      }
+      const next = (i: number) => {
+        if (i === script.chunks.length) return rest();
+        res.write(script.chunks[i]);
+        setTimeout(() => next(i + 1), gap);
+      };
+      next(0);
     });
   });
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
@@ -161,6 +193,61 @@ describe('a token chunk with a broken envelope', () => {
     const res = await v1('tool-calls-not-array');
     expect(res.status).toBe(502);
     expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
+  });
+});
+
+describe('an emoji whose surrogate halves come in two events', () => {
+  it('is one character in text mode, not two U+FFFD', async () => {
+    const res = await request(stack.url + q('split-surrogate', '&format=text&thinking=false'));
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('a\u{1F600}b');
+  });
+
+  it('is the same text over SSE', async () => {
+    const res = await request(stack.url + q('split-surrogate', '&format=sse&thinking=false'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe('a\u{1F600}b');
+    expect(events.at(-1)!.event).toBe('done');
+  });
+});
+
+describe('a chunk whose choice or delta is not an object', () => {
+  it('before the first token: a 502 upstream_protocol_error, not a 500', async () => {
+    const res = await request(stack.url + q('null-choice-first', '&format=sse&thinking=false'));
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body).error.code).toBe('upstream_protocol_error');
+  });
+
+  it('after it: an in-band upstream_protocol_error', async () => {
+    const res = await request(stack.url + q('null-choice-later', '&format=sse&thinking=false'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe('A');
+    expect(events.at(-1)!.event).toBe('error');
+    expect(JSON.parse(events.at(-1)!.data).code).toBe('upstream_protocol_error');
+  });
+});
+
+describe('a token with a raw control character (not JSON)', () => {
+  it.each(['sse', 'text'])(
+    '%s: is an upstream_protocol_error even after a well-formed chunk with the same envelope',
+    async (format) => {
+      const res = await request(stack.url + q('raw-control', `&format=${format}&thinking=false`));
+      expect(res.body).not.toContain('x\u0001y');
+      if (format === 'sse') {
+        const { events } = parseSse(res.body);
+        expect(sseText(events)).toBe('A');
+        expect(JSON.parse(events.at(-1)!.data).code).toBe('upstream_protocol_error');
+      } else {
+        expect(res.body).toBe('A');
+        expect(res.complete).toBe(false); // a cut text stream never looks complete
+      }
+    },
+  );
+
+  it('/v1: is not passed through as a chunk', async () => {
+    const res = await v1('raw-control', true);
+    expect(res.body).not.toContain('x\u0001y');
+    expect(res.body).toContain('upstream_protocol_error');
   });
 });
 

@@ -222,6 +222,34 @@ describe('bounds', () => {
   });
 });
 
+describe('an overflow inside a line', () => {
+  it.each([false, true])(
+    'drops the rest of that event when the line ends in a later feed (byte path: %s)',
+    (bytePath) => {
+      const seen = decodeChunks(
+        [
+          bytesOf('data: ' + 'A'.repeat(2000)),
+          bytesOf('\ndata: rest-of-the-same-event\n\ndata: next\n\n'),
+        ],
+        1024,
+        bytePath,
+      );
+      expect(seen.overflows).toBe(1);
+      expect(seen.events).toEqual([['next', undefined]]);
+    },
+  );
+
+  it('is reported once however many feeds the dropped line takes', () => {
+    const bytes = bytesOf('data: ' + 'y'.repeat(3000) + '\n\ndata: next\n\n');
+    const seen = decodeChunks(
+      Array.from(bytes, (b) => Uint8Array.of(b)),
+      1024,
+    );
+    expect(seen.overflows).toBe(1);
+    expect(seen.events).toEqual([['next', undefined]]);
+  });
+});
+
 describe('linear work', () => {
   // Count the characters the decoder copies by watching Array.prototype.join and
   // String.prototype.slice: a quadratic decoder re-copies its buffer on every feed.
