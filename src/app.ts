@@ -15,6 +15,7 @@ import { cors } from './middleware/cors';
 import { errorHandler, methodNotAllowed, notFound } from './middleware/errors';
 import { memorySlots, redisSlots, requestRateLimit, streamCap } from './middleware/rate-limit';
 import { requestId } from './middleware/request-id';
+import { series } from './middleware/series';
 import { batchRouter } from './routes/batch';
 import { chatStreamRouter } from './routes/chat-stream';
 import { demoRouter } from './routes/demo';
@@ -90,14 +91,6 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);
   app.set('query parser', 'simple');
-  // Every response gets the headers that matter to an API (nosniff, HSTS, no framing, no
-  // referrer, same-origin CORP, a CSP that allows nothing); the demo page adds helmet's full
-  // set for documents (routes/demo.ts). Six headers fewer on every stream: header work was 5% of
-  // the proxy's CPU per stream (docs/BENCHMARKS.md).
-  app.use(helmet(API_SECURITY_HEADERS));
-  app.use(requestId);
-  app.use(countRequests(metrics));
-  if (config.corsOrigins.length > 0) app.use(cors(config.corsOrigins));
   const json = express.json({
     limit: config.maxBodyBytes,
     type: ['application/json', 'application/*+json'],
@@ -106,11 +99,24 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
       (req as unknown as { rawBody: Buffer }).rawBody = buf;
     },
   });
-  // GET and HEAD take no body here (GET /chat-stream reads its query): they skip the parser.
-  app.use((req, res, next) => {
-    if (req.method === 'GET' || req.method === 'HEAD') next();
-    else json(req, res, next);
-  });
+  // What every request passes through, as one router layer (middleware/series.ts).
+  // Every response gets the headers that matter to an API (nosniff, HSTS, no framing, no
+  // referrer, same-origin CORP, a CSP that allows nothing); the demo page adds helmet's full
+  // set for documents (routes/demo.ts). Six headers fewer on every stream: header work was 5% of
+  // the proxy's CPU per stream (docs/BENCHMARKS.md).
+  app.use(
+    series([
+      helmet(API_SECURITY_HEADERS),
+      requestId,
+      countRequests(metrics),
+      ...(config.corsOrigins.length > 0 ? [cors(config.corsOrigins)] : []),
+      // GET and HEAD take no body here (GET /chat-stream reads its query): they skip the parser.
+      (req, res, next) => {
+        if (req.method === 'GET' || req.method === 'HEAD') next();
+        else json(req, res, next);
+      },
+    ]),
+  );
 
   // Guards for the API, in order: who is it, is it signed, how fast, how many at once.
   const guards: RequestHandler[] = [];
@@ -138,13 +144,14 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
       () => metrics.rateLimited.inc({ limit: 'streams' }),
     ),
   );
-  app.use(API_PATHS, ...guards);
+  app.use(API_PATHS, series(guards));
 
-  // The streaming routes first: Express tries every router in turn, and entering one costs
-  // microseconds per request on the path to the first token.
-  app.use(chatStreamRouter(config, service, journal, metrics));
-  app.use(openAiRouter(config, service));
-  app.use(batchRouter(config, service));
+  // The streaming routes first, straight on the app's router: Express tries every layer in
+  // turn, and entering a router of their own cost each request microseconds on the path to the
+  // first token (docs/BENCHMARKS.md).
+  chatStreamRouter(config, service, journal, metrics, app);
+  openAiRouter(config, service, app);
+  batchRouter(config, service, app);
   app.use(healthRouter(service, journal));
   if (config.metricsPort === undefined) {
     app.get('/metrics', metricsHandler(metrics));

@@ -4,7 +4,7 @@
 // journaled (no resume); each prompt counts against the global and the per-client stream caps.
 // SSE batches get `: ping` heartbeats while no prompt sends anything.
 
-import { Router } from 'express';
+import { type IRouter, Router } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
 import { clientGone, methodNotAllowed } from '../middleware/errors';
@@ -39,9 +39,11 @@ const NDJSON: BatchFormat = {
   end: '{"type":"end"}\n',
 };
 
-export function batchRouter(config: Config, service: ChatService): Router {
-  const router = Router();
-
+export function batchRouter(
+  config: Config,
+  service: ChatService,
+  router: IRouter = Router(),
+): IRouter {
   router.post('/chat-stream/batch', async (req, res) => {
     if (!req.is('application/json') && !req.is('+json')) {
       throw new ProxyError(

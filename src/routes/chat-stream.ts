@@ -3,7 +3,7 @@
 // validate; hand new streams to the service; wire the response's drain and close.
 
 import { hash } from 'node:crypto';
-import { Router, type Request, type Response } from 'express';
+import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError } from '../errors';
 import { sseFrames, textFrames } from '../format/frames';
@@ -23,9 +23,8 @@ export function chatStreamRouter(
   service: ChatService,
   journal: JournalStore,
   metrics?: Metrics,
-): Router {
-  const router = Router();
-
+  router: IRouter = Router(),
+): IRouter {
   /**
    * One request, to its end (a new stream's end includes its resume grace). `headOnly` (HEAD):
    * every check a GET would make, then the head it would get, and nothing started or followed.

@@ -5,7 +5,7 @@
 // retries, time limits and resume apply alike. GET /v1/models lists the allowlist.
 
 import type { ServerResponse } from 'node:http';
-import { Router, type Request, type Response } from 'express';
+import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
 import { clientGone, methodNotAllowed } from '../middleware/errors';
@@ -15,9 +15,11 @@ import type { Usage } from '../stream/interpreter';
 import { resolveModel } from '../upstream/deepseek';
 import type { UpstreamBody } from '../upstream/request';
 
-export function openAiRouter(config: Config, service: ChatService): Router {
-  const router = Router();
-
+export function openAiRouter(
+  config: Config,
+  service: ChatService,
+  router: IRouter = Router(),
+): IRouter {
   router.get('/v1/models', (_req, res) => {
     res.json({
       object: 'list',
