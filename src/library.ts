@@ -188,15 +188,17 @@ export function toReadable(options: StreamChatOptions): Readable {
 
 /**
  * The engine's settings from the environment, and only the library's own variables (DeepSeek,
- * upstream, retry and time limits): a server's PORT or NODE_ENV rules are not the library's.
+ * its model list, upstream, retry and time limits): a server's PORT or NODE_ENV rules are not
+ * the library's. Throws ConfigError; the CLI calls it first to check the environment before it
+ * touches its output file (not part of the package's exports).
  */
-function libraryConfig() {
+export function libraryConfig() {
   const env: NodeJS.ProcessEnv = { LOG_LEVEL: 'silent' };
   for (const [k, v] of Object.entries(process.env)) if (LIBRARY_ENV.test(k)) env[k] = v;
   return loadConfig(env);
 }
 const LIBRARY_ENV =
-  /^(DEEPSEEK_(API_KEY|BASE_URL|MODEL)|UPSTREAM_\w+|RETRY_\w+|STREAM_MAX_DURATION_MS|MAX_EVENT_BYTES)$/;
+  /^(DEEPSEEK_(API_KEY|BASE_URL|MODEL)|ALLOWED_MODELS|UPSTREAM_\w+|RETRY_\w+|STREAM_MAX_DURATION_MS|MAX_EVENT_BYTES)$/;
 
 function abortError(): Error {
   const e = new Error('the stream was aborted');

@@ -7,9 +7,10 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import { streamChat } from '../library';
+import { ConfigError } from '../config';
+import { libraryConfig, streamChat } from '../library';
 import { sign, signingPayload } from '../middleware/auth';
 import type { ChatMessage } from '../upstream/request';
 
@@ -103,13 +104,7 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
     throw new UsageError('give the prompt as one argument (quote it)');
   if (v.resume && !v.output)
     throw new UsageError('--resume needs -o FILE (the partial answer to continue)');
-  let prompt = parsed.positionals[0];
-  if (prompt === undefined || prompt === '-') prompt = await readStdin();
-  if (prompt.trim() === '' && !(v.resume && v.server))
-    throw new UsageError('no prompt (argument or stdin)');
-  if (v.server !== undefined && !/^https?:\/\//.test(v.server)) {
-    throw new UsageError('--server must be an http:// or https:// URL');
-  }
+  const server = v.server === undefined ? undefined : serverUrl(v.server);
   if (v.server === undefined && (v['api-key'] !== undefined || v['signing-secret'] !== undefined)) {
     throw new UsageError(
       '--api-key and --signing-secret are for --server (direct mode uses DEEPSEEK_API_KEY)',
@@ -125,10 +120,17 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
   const signingSecret =
     v['signing-secret'] ?? (process.env.DEEPSEEK_STREAM_SIGNING_SECRET || undefined);
   if (signingSecret === '') throw new UsageError('--signing-secret is empty');
+  // A --server --resume takes the request from the resume file: no prompt needed, and stdin is
+  // not read (it may be a pipe that stays open). Every other run needs one.
+  let prompt = parsed.positionals[0] ?? '';
+  if (!(v.resume && server)) {
+    if (parsed.positionals[0] === undefined || prompt === '-') prompt = await readStdin();
+    if (prompt.trim() === '') throw new UsageError('no prompt (argument or stdin)');
+  }
   return {
     prompt,
     output: v.output,
-    server: v.server?.replace(/\/+$/, ''),
+    server,
     model: v.model,
     system: v.system,
     thinking: v.thinking,
@@ -137,37 +139,93 @@ async function parseOptions(argv: string[]): Promise<Options | 'help' | 'version
   };
 }
 
-/** Progress on stderr, only when it is a terminal: bytes, tokens, tokens/s, elapsed. */
+/**
+ * `--server URL`, checked as a usage error before anything runs: http or https, a host, a valid
+ * port; no query or fragment (the CLI appends /chat-stream); and no user:password, which would
+ * end up in the resume file and in error lines (the proxy's client key goes in --api-key).
+ * Messages never echo the URL, which may hold a secret.
+ */
+function serverUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new UsageError('--server is not a valid URL (e.g. http://localhost:3000)');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new UsageError('--server must be an http:// or https:// URL');
+  }
+  if (url.hostname === '') throw new UsageError('--server needs a host');
+  if (url.username !== '' || url.password !== '') {
+    throw new UsageError(
+      '--server must not carry credentials: give the client key with --api-key or DEEPSEEK_STREAM_API_KEY',
+    );
+  }
+  if (url.search !== '' || url.hash !== '' || raw.includes('?') || raw.includes('#')) {
+    throw new UsageError('--server takes no query or fragment (the proxy base URL only)');
+  }
+  return url.href.replace(/\/+$/, '');
+}
+
+/** A URL for messages: a resume file from an older version may still hold user:password. */
+function shown(server: string): string {
+  try {
+    const url = new URL(server);
+    url.username = '';
+    url.password = '';
+    return url.href.replace(/\/+$/, '');
+  } catch {
+    return 'the server';
+  }
+}
+
+/**
+ * Progress on stderr, only when it is a terminal: bytes, tokens, tokens/s, elapsed. Redrawn in
+ * place ('live') unless the answer goes to a terminal too: a \r redraw there would overwrite
+ * answer text on the same screen, so that case gets one summary line at the end ('summary').
+ */
+type ProgressMode = 'off' | 'live' | 'summary';
+
 class Progress {
   bytes = 0;
   tokens = 0;
   private readonly started = Date.now();
   private readonly timer: NodeJS.Timeout | undefined;
   private stopped = false;
-  constructor(enabled: boolean) {
-    if (enabled) {
+  constructor(
+    private readonly mode: ProgressMode,
+    /** Ends a line of answer text left open on the terminal before stderr writes under it. */
+    private readonly endAnswerLine: () => void,
+  ) {
+    if (mode === 'live') {
       this.timer = setInterval(() => this.draw(), 200);
       this.timer.unref();
     }
   }
-  add(text: string): void {
-    this.bytes += Buffer.byteLength(text);
+  add(bytes: number): void {
+    this.bytes += bytes;
     this.tokens++;
   }
-  private draw(): void {
+  private line(): string {
     const s = (Date.now() - this.started) / 1000;
     const rate = s > 0 ? (this.tokens / s).toFixed(1) : '0';
-    process.stderr.write(
-      `\r${this.bytes} B  ${this.tokens} tokens  ${rate} tok/s  ${s.toFixed(1)} s `,
-    );
+    return `${this.bytes} B  ${this.tokens} tokens  ${rate} tok/s  ${s.toFixed(1)} s `;
   }
-  /** Ends the line; safe to call twice. */
+  private draw(): void {
+    process.stderr.write(`\r${this.line()}`);
+  }
+  /** Ends the line (live) or writes the summary (summary); safe to call twice. */
   stop(): void {
-    if (!this.timer || this.stopped) return;
+    if (this.mode === 'off' || this.stopped) return;
     this.stopped = true;
-    clearInterval(this.timer);
-    this.draw();
-    process.stderr.write('\n');
+    if (this.timer) {
+      clearInterval(this.timer);
+      this.draw();
+      process.stderr.write('\n');
+    } else {
+      this.endAnswerLine();
+      process.stderr.write(`${this.line().trimEnd()}\n`);
+    }
   }
 }
 
@@ -179,9 +237,8 @@ async function direct(
   progress: Progress,
   signal: AbortSignal,
   prefix: string,
+  apiKey: string,
 ) {
-  const apiKey = process.env.DEEPSEEK_API_KEY;
-  if (!apiKey) throw new UsageError('set DEEPSEEK_API_KEY, or use --server URL');
   const messages: ChatMessage[] = [];
   if (o.system) messages.push({ role: 'system', content: o.system });
   messages.push({ role: 'user', content: o.prompt });
@@ -198,7 +255,7 @@ async function direct(
     for await (const d of stream) {
       if (d.type !== 'content') continue;
       write(d.text);
-      progress.add(d.text);
+      progress.add(Buffer.byteLength(d.text));
     }
   } catch (err) {
     if ((err as Error).name === 'AbortError') throw err;
@@ -210,6 +267,7 @@ async function direct(
 /**
  * The headers a guarded proxy checks (middleware/auth.ts): the client key, and an HMAC over the
  * exact method, path with query and body bytes sent, with the same helpers the server verifies.
+ * The proxy accepts each signature once, so `url` carries a nonce when signing (see viaServer).
  */
 function authHeaders(
   auth: ServerAuth,
@@ -247,6 +305,10 @@ function viaServer(
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     const url = new URL(side.server + '/chat-stream');
+    // Two identical requests signed in the same second (a resume, a quick retry, two runs side by
+    // side) would carry the same signature, and the proxy takes the second for a replay: a random
+    // query parameter, which POST /chat-stream ignores, makes each signed request unique.
+    if (auth.signingSecret) url.searchParams.set('nonce', randomBytes(12).toString('hex'));
     const body = JSON.stringify(side.body);
     const headers: Record<string, string | number> = {
       'Content-Type': 'application/json',
@@ -291,7 +353,7 @@ function viaServer(
           skip = 0;
         }
         write(b);
-        progress.add(b.toString('utf8'));
+        progress.add(b.length);
       });
       res.on('end', () =>
         res.complete
@@ -306,21 +368,127 @@ function viaServer(
       reject(
         signal.aborted
           ? abortError()
-          : new FailedError(`cannot reach ${side.server}: ${err.message}`),
+          : new FailedError(`cannot reach ${shown(side.server)}: ${err.message}`),
       ),
     );
     req.end(body);
   });
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 function abortError(): Error {
   const e = new Error('interrupted');
   e.name = 'AbortError';
   return e;
+}
+
+/** What the checks before the run found: everything the run needs, nothing opened yet. */
+interface Plan {
+  /** Direct mode: DeepSeek's key. */
+  apiKey: string | undefined;
+  /** --server --resume: the request to continue, from the resume file. */
+  side: Sidecar | undefined;
+  /** --server --resume: the partial file's size in bytes, the Range to ask for. */
+  skipBytes: number;
+  /** Direct --resume: the partial answer, whole characters only. */
+  prefix: string;
+  /** Direct --resume: the length to cut the file to (an unfinished last character), if any. */
+  truncateTo: number | undefined;
+}
+
+/** Bytes at the end of `buf` that begin a UTF-8 character it does not finish (0 to 3). */
+function unfinishedTail(buf: Buffer): number {
+  for (let back = 1; back <= Math.min(3, buf.length); back++) {
+    const b = buf[buf.length - back]!;
+    if ((b & 0xc0) === 0x80) continue; // a continuation byte: look further back for the lead
+    const need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return need > back ? back : 0;
+  }
+  return 0;
+}
+
+/** An error's message on one line (a ConfigError lists its problems on several). */
+function oneLine(err: unknown): string {
+  return (err as Error).message.replace(/:\s*\n\s*/, ': ').replace(/\s*\n\s*/g, '; ');
+}
+
+/** A file system error without the path the message repeats ("ENOENT: no such file ..."). */
+function ioMessage(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return e.syscall ? e.message.replace(/, \w+( '.*')?$/, '') : oneLine(e);
+}
+
+function readSidecar(sidecarPath: string): Sidecar {
+  let text: string;
+  try {
+    text = fs.readFileSync(sidecarPath, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new UsageError(
+        `nothing to resume: ${sidecarPath} is missing (it is kept only while a --server download is unfinished)`,
+      );
+    }
+    throw new UsageError(`cannot read ${sidecarPath}: ${ioMessage(err)}`);
+  }
+  let side: Partial<Sidecar> | undefined;
+  try {
+    side = JSON.parse(text) as Partial<Sidecar>;
+  } catch {
+    side = undefined;
+  }
+  if (
+    typeof side?.server !== 'string' ||
+    typeof side.requestId !== 'string' ||
+    typeof side.body !== 'object' ||
+    side.body === null
+  ) {
+    throw new UsageError(`${sidecarPath} is not a deepseek-stream resume file`);
+  }
+  return side as Sidecar;
+}
+
+/**
+ * Every check that needs no request, before the output file is opened (and truncated): a usage
+ * error leaves an existing file as it was. Throws UsageError.
+ */
+function plan(o: Options, sidecarPath: string | undefined): Plan {
+  const p: Plan = {
+    apiKey: undefined,
+    side: undefined,
+    skipBytes: 0,
+    prefix: '',
+    truncateTo: undefined,
+  };
+  if (!o.server) {
+    p.apiKey = process.env.DEEPSEEK_API_KEY;
+    if (!p.apiKey) throw new UsageError('set DEEPSEEK_API_KEY, or use --server URL');
+    try {
+      libraryConfig();
+    } catch (err) {
+      if (err instanceof ConfigError) throw new UsageError(oneLine(err));
+      throw err;
+    }
+  }
+  if (o.resume && o.output) {
+    let partial: Buffer;
+    try {
+      partial = fs.readFileSync(o.output);
+    } catch {
+      throw new UsageError(`cannot read ${o.output} to resume it`);
+    }
+    if (o.server) {
+      // Range counts bytes: the file's size, even when it ends inside a character (the bytes the
+      // proxy sends next finish it).
+      p.side = readSidecar(sidecarPath!);
+      p.skipBytes = partial.length;
+    } else {
+      // Prefix completion takes text: whole characters; an unfinished last one is cut from the
+      // file and comes again with the continuation.
+      const tail = unfinishedTail(partial);
+      p.prefix = partial.subarray(0, partial.length - tail).toString('utf8');
+      if (tail > 0) p.truncateTo = partial.length - tail;
+    }
+  }
+  return p;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -344,22 +512,63 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const sidecarPath = o.output ? `${o.output}.resume.json` : undefined;
-  let existing = '';
-  if (o.resume && o.output) {
-    try {
-      existing = fs.readFileSync(o.output, 'utf8');
-    } catch {
-      process.stderr.write(`deepseek-stream: cannot read ${o.output} to resume it\n`);
-      return EXIT_USAGE;
-    }
+  let p: Plan;
+  try {
+    p = plan(o, sidecarPath);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`deepseek-stream: ${err.message}\n`);
+    return EXIT_USAGE;
   }
 
-  const out = o.output
-    ? fs.createWriteStream(o.output, { flags: o.resume ? 'a' : 'w' })
-    : undefined;
-  const write: Write = out ? (t) => out.write(t) : (t) => process.stdout.write(t);
-  const progress = new Progress(Boolean(process.stderr.isTTY));
+  // Only now, after every check and before any request: open (without --resume, truncate) the
+  // output. A path that cannot be written is one line and exit 2, and no request is made.
+  let out: fs.WriteStream | undefined;
+  if (o.output) {
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(o.output, o.resume ? 'a' : 'w');
+      if (p.truncateTo !== undefined) fs.ftruncateSync(fd, p.truncateTo);
+    } catch (err) {
+      if (fd !== undefined) fs.closeSync(fd);
+      process.stderr.write(`deepseek-stream: cannot write ${o.output}: ${ioMessage(err)}\n`);
+      return EXIT_USAGE;
+    }
+    out = fs.createWriteStream(o.output, { fd });
+  }
+
   const controller = new AbortController();
+  // A write that fails (disk full, stdout closed by `| head`) stops the request: no crash.
+  let outputError: NodeJS.ErrnoException | undefined;
+  const onOutputError = (err: Error) => {
+    if (outputError) return;
+    outputError = err;
+    controller.abort();
+  };
+  if (out) out.on('error', onOutputError);
+  else process.stdout.on('error', onOutputError);
+
+  // The answer on a terminal: a line left open there is ended before stderr writes under it.
+  const toTerminal = !out && Boolean(process.stdout.isTTY);
+  let lineOpen = false;
+  const endAnswerLine = () => {
+    if (!lineOpen || !process.stderr.isTTY) return;
+    process.stderr.write('\n');
+    lineOpen = false;
+  };
+  const write: Write = (t) => {
+    if (outputError || t.length === 0) return;
+    if (out) {
+      out.write(t);
+      return;
+    }
+    process.stdout.write(t);
+    if (toTerminal) lineOpen = typeof t === 'string' ? !t.endsWith('\n') : t.at(-1) !== 0x0a;
+  };
+  const progress = new Progress(
+    !process.stderr.isTTY ? 'off' : toTerminal ? 'summary' : 'live',
+    endAnswerLine,
+  );
   let interrupted = false;
   process.once('SIGINT', () => {
     interrupted = true;
@@ -369,10 +578,8 @@ async function main(argv: string[]): Promise<number> {
   let code = EXIT_OK;
   try {
     if (o.server) {
-      let side: Sidecar;
-      if (o.resume && sidecarPath && fs.existsSync(sidecarPath)) {
-        side = JSON.parse(fs.readFileSync(sidecarPath, 'utf8')) as Sidecar;
-      } else {
+      let side = p.side;
+      if (!side) {
         const body: Record<string, unknown> = { prompt: o.prompt, format: 'text' };
         if (o.model) body.model = o.model;
         if (o.system) body.system = o.system;
@@ -380,23 +587,14 @@ async function main(argv: string[]): Promise<number> {
         side = { server: o.server, requestId: randomUUID(), body };
         if (sidecarPath) fs.writeFileSync(sidecarPath, JSON.stringify(side));
       }
-      // The proxy accepts each signature once, and a resume signs the same method, path and body
-      // as the request it continues: sign it in a later second (at most 1 s spent) to differ.
-      if (o.resume && o.auth.signingSecret) await sleep(1000 - (Date.now() % 1000));
-      await viaServer(
-        side,
-        o.auth,
-        Buffer.byteLength(existing),
-        write,
-        progress,
-        controller.signal,
-      );
+      await viaServer(side, o.auth, p.skipBytes, write, progress, controller.signal);
     } else {
-      await direct(o, write, progress, controller.signal, existing);
+      await direct(o, write, progress, controller.signal, p.prefix, p.apiKey!);
     }
-    if (sidecarPath && fs.existsSync(sidecarPath)) fs.unlinkSync(sidecarPath);
   } catch (err) {
-    if (interrupted || (err as Error).name === 'AbortError') {
+    if (outputError) {
+      // reported below, once the output is closed
+    } else if (interrupted || (err as Error).name === 'AbortError') {
       code = EXIT_INTERRUPTED;
     } else if (err instanceof UsageError) {
       process.stderr.write(`deepseek-stream: ${err.message}\n`);
@@ -404,17 +602,38 @@ async function main(argv: string[]): Promise<number> {
     } else {
       // One line of its own: after the progress line, and after answer text on a terminal.
       progress.stop();
-      const lead = !out && progress.bytes > 0 && process.stdout.isTTY ? '\n' : '';
-      process.stderr.write(`${lead}deepseek-stream: ${(err as Error).message}\n`);
+      endAnswerLine();
+      process.stderr.write(`deepseek-stream: ${oneLine(err)}\n`);
       code = EXIT_FAILED;
     }
   } finally {
     progress.stop();
   }
+  // Keep what arrived: the partial file is flushed before exit (a late write error shows here).
+  if (out) await closed(out);
+  else if (!outputError) await new Promise<void>((r) => process.stdout.write('', () => r()));
+  if (outputError) {
+    code = EXIT_FAILED;
+    // A reader that went away (`| head`) wanted no more: exit quietly.
+    if (outputError.code !== 'EPIPE') {
+      endAnswerLine();
+      const where = o.output ?? 'stdout';
+      process.stderr.write(`deepseek-stream: cannot write ${where}: ${ioMessage(outputError)}\n`);
+    }
+  } else if (code === EXIT_OK && sidecarPath && fs.existsSync(sidecarPath)) {
+    fs.unlinkSync(sidecarPath);
+  }
   if (interrupted) code = EXIT_INTERRUPTED;
-  // Keep what arrived: the partial file is flushed before exit.
-  if (out) await new Promise<void>((r) => out.end(r));
   return code;
+}
+
+/** Ends a file stream and waits for its descriptor to close, after an error too. */
+function closed(out: fs.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (out.closed) return resolve();
+    out.once('close', () => resolve());
+    if (!out.destroyed) out.end();
+  });
 }
 
 main(process.argv.slice(2)).then(
