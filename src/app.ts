@@ -5,6 +5,7 @@ import express, { type Express, type Request, type RequestHandler, type Response
 import helmet from 'helmet';
 import Redis from 'ioredis';
 import type { Config } from './config';
+import { ProxyError } from './errors';
 import { MemoryJournalStore } from './journal/memory-store';
 import { RedisJournalStore } from './journal/redis-store';
 import type { JournalStore } from './journal/types';
@@ -42,6 +43,13 @@ export interface ProxyApp extends Express {
    * journal has written what it had queued (a handed-off stream's state, in Redis).
    */
   close(): Promise<void>;
+  /**
+   * Shutdown: resolves when every request in flight has answered (at least its head), or at
+   * `deadline` (ms since the epoch). A draining app answers new streams 503, so this lets the
+   * requests that were waiting (on Redis in a guard, on the journal claim) say so before their
+   * connections are closed.
+   */
+  requestsAnswered(deadline: number): Promise<void>;
 }
 
 /**
@@ -88,6 +96,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   redis?.on('error', redisError);
 
   const app = express() as unknown as ProxyApp;
+  const inFlight = new Set<Response>();
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);
   app.set('query parser', 'simple');
@@ -108,7 +117,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
     series([
       helmet(API_SECURITY_HEADERS),
       requestId,
-      countRequests(metrics),
+      countRequests(metrics, inFlight),
       ...(config.corsOrigins.length > 0 ? [cors(config.corsOrigins)] : []),
       // GET and HEAD take no body here (GET /chat-stream reads its query): they skip the parser.
       (req, res, next) => {
@@ -168,10 +177,25 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   app.logger = logger;
   app.close = () => {
     service.draining = true;
-    for (const s of [...service.active]) s.abort();
+    // Streams still running (an embedder closing the app) end with the SPEC's in-band error.
+    const closing = new ProxyError('shutting_down', 'the server is shutting down');
+    for (const s of [...service.active]) s.stop(closing);
     client.close();
     redis?.disconnect();
     return journal.shutdown();
+  };
+  app.requestsAnswered = async (deadline) => {
+    for (;;) {
+      let waiting = false;
+      for (const r of inFlight) {
+        if (!r.headersSent) {
+          waiting = true;
+          break;
+        }
+      }
+      if (!waiting || Date.now() >= deadline) return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
   };
   return app;
 }
@@ -184,10 +208,15 @@ export function metricsHandler(metrics: Metrics) {
   };
 }
 
-/** Requests by route template (bounded label values) and status, counted when they end. */
-function countRequests(metrics: Metrics): RequestHandler {
+/**
+ * Requests by route template (bounded label values) and status, counted when they end; and the
+ * requests in flight, for the shutdown (requestsAnswered).
+ */
+function countRequests(metrics: Metrics, inFlight: Set<Response>): RequestHandler {
   return (req, res, next) => {
+    inFlight.add(res);
     res.once('close', () => {
+      inFlight.delete(res);
       const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'other';
       metrics.requests.inc({ route, method: req.method, status: String(res.statusCode) });
     });

@@ -72,8 +72,13 @@ async function main(): Promise<void> {
         });
       } else res.writeHead(404).end();
     });
-    metricsServer.on('error', (err) => log.error({ err: err.message }, 'metrics listener failed'));
-    metricsServer.listen(config.metricsPort, config.host);
+    // A worker that cannot serve its metrics must not look healthy: the same as a taken PORT.
+    const metrics = metricsServer;
+    await new Promise<void>((resolve, reject) => {
+      metrics.once('error', (err) => reject(new Error(`METRICS_PORT: ${err.message}`)));
+      metrics.listen(config.metricsPort, config.host, resolve);
+    });
+    metrics.on('error', (err) => log.error({ err: err.message }, 'metrics listener failed'));
   }
   log.info({ port, host: config.host, simulator: Boolean(simulator) }, 'listening');
   process.send?.('ready'); // PM2 wait_ready
@@ -83,9 +88,12 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal, activeStreams: app.service.active.size }, 'shutting down');
+    const deadline = Date.now() + config.shutdownGraceMs;
     server.close();
-    metricsServer?.close();
     await app.service.drain(config.shutdownGraceMs);
+    // Requests that were not streams yet (waiting on Redis in a guard or for the journal claim)
+    // answer 503 shutting_down when their wait ends: let them, within the grace (at least 1 s).
+    await app.requestsAnswered(Math.max(deadline, Date.now() + 1000));
     // Give the in-band errors a moment to flush, then drop idle keep-alive sockets.
     await new Promise((r) => setTimeout(r, 100));
     server.closeAllConnections();
@@ -94,6 +102,8 @@ async function main(): Promise<void> {
     // answer gets JOURNAL_CLOSE_MS.
     await Promise.race([app.close(), new Promise((r) => setTimeout(r, JOURNAL_CLOSE_MS).unref())]);
     await simulator?.close();
+    // Scrapes during the drain still see this worker (the streams that ended in it included).
+    metricsServer?.close();
     log.info('stopped');
     process.exit(0);
   };

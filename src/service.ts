@@ -124,9 +124,11 @@ export class ChatService {
         });
       });
     }
+    // Retry-After for a stream stopped before its head went out (its answer is the JSON 503).
+    const err = new ProxyError('shutting_down', 'the server is shutting down', { retryAfterS: 1 });
     for (const s of [...this.active]) {
       if (this.handoffs.get(s)?.()) continue;
-      s.stop(new ProxyError('shutting_down', 'the server is shutting down'));
+      s.stop(err);
     }
   }
 

@@ -126,6 +126,10 @@ export function chatStreamRouter(
         status: () => sink.status,
         peakBuffered: () => sink.peakBuffered,
         handoff: () => {
+          // A client still waiting for the head would get an empty 200 from cut(), which no
+          // client takes for a stream to come back for (EventSource gives up on it): it gets
+          // the JSON 503 shutting_down instead (the drain stops the stream).
+          if (!res.destroyed && !sink.headSent) return false;
           if (!recorder.handoff()) return false;
           handOff();
           sink.cut();
