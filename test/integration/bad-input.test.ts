@@ -1,6 +1,7 @@
 // Every error checkable before streaming answers the SPEC's status and JSON shape, and the
 // server keeps serving normally afterwards.
 
+import net from 'node:net';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { q, request, startStack, type Stack } from '../helpers/stack';
 
@@ -194,5 +195,34 @@ describe('upstream errors before the first byte', () => {
   it('an HTML page with status 200 is a protocol error, not an answer', async () => {
     const res = await request(stack.url + q('captive [[html200 times=9]]'));
     expectError(res, 502, 'upstream_protocol_error');
+  });
+});
+
+describe('bytes the HTTP parser cannot read', () => {
+  /** Send raw bytes on a fresh connection; what the server sends back until it closes. */
+  const raw = (bytes: string) =>
+    new Promise<string>((resolve, reject) => {
+      const { port } = new URL(stack.url);
+      const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(bytes));
+      let got = '';
+      socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      socket.on('close', () => resolve(got));
+      socket.on('error', reject);
+    });
+  const responses = (text: string) => text.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+
+  it('alone: one JSON 400', async () => {
+    const got = await raw('NOT HTTP AT ALL\r\n\r\n');
+    expect(responses(got)).toEqual(['HTTP/1.1 400']);
+    expect(got).toContain('"invalid_request"');
+  });
+
+  it('after an answered request (an unframed DELETE body): that answer only, then close', async () => {
+    const got = await raw(
+      'DELETE /chat-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n this is not a request',
+    );
+    // A second response after `Connection: close` is what Node's client calls a parse error.
+    expect(responses(got)).toEqual(['HTTP/1.1 405']);
+    expect(got).toContain('"method_not_allowed"');
   });
 });
