@@ -188,7 +188,9 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
     for (;;) {
       let waiting = false;
       for (const r of inFlight) {
-        if (!r.headersSent) {
+        // Only requests read whole (waiting on Redis, or on the journal): one whose body is still
+        // arriving (a stalled upload) would hold the shutdown for the whole grace.
+        if (!r.headersSent && r.req.complete) {
           waiting = true;
           break;
         }

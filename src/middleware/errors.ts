@@ -94,13 +94,24 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
     socket.destroy();
     return;
   }
-  // Bytes after a request that declared no body (a DELETE with an unframed body, say) are parsed
-  // as the next request and fail here, often after the first request was answered on this
-  // socket: a second response after its `Connection: close` is garbage to the client. Let the
-  // first one go out, then close. (Node's own handler writes its 400 only on a fresh socket too.)
-  if ((socket as Duplex & { bytesWritten?: number }).bytesWritten) {
-    socket.end();
-    return;
+  // The bytes that failed may follow a request whose answer is still in flight on this socket
+  // (pipelined; or a DELETE with an unframed body, whose body is read as the next request). A
+  // response written now would land inside that answer: wait for it to finish. After it, answer
+  // in turn, unless it told the client `Connection: close` (anything after that is garbage to
+  // the client): then just close. Node's own handler holds back for an in-flight answer too.
+  const inFlight = (socket as Duplex & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+  if (inFlight) {
+    if (!inFlight.writableFinished) {
+      inFlight.once('finish', () => answerClientError(err, socket));
+      inFlight.once('close', () => {
+        if (!inFlight.writableFinished) socket.destroy();
+      });
+      return;
+    }
+    if (!inFlight.shouldKeepAlive) {
+      socket.end();
+      return;
+    }
   }
   const e =
     err.code === 'HPE_HEADER_OVERFLOW'

@@ -15,8 +15,9 @@ export function series(handlers: readonly RequestHandler[]): RequestHandler {
   return (req: Request, res: Response, next: NextFunction): void => {
     let i = 0;
     const step = (err?: unknown): void => {
-      if (err) {
-        // An error, or 'route' / 'router': the app's router knows what to do with it.
+      // 'route' skips the rest of a route's handlers; to a middleware layer it means no error.
+      if (err && err !== 'route') {
+        // An error, or 'router': the app's router knows what to do with it.
         next(err);
         return;
       }

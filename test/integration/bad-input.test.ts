@@ -217,6 +217,16 @@ describe('bytes the HTTP parser cannot read', () => {
     expect(got).toContain('"invalid_request"');
   });
 
+  it('on a reused keep-alive connection, after an answer: its own JSON answer', async () => {
+    const long = 'x'.repeat(20_000); // over Node's 16 KiB for the request line and headers
+    const got = await raw(
+      'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n' +
+        `GET /chat-stream?prompt=${long} HTTP/1.1\r\nHost: x\r\n\r\n`,
+    );
+    expect(responses(got)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 413']);
+    expect(got).toContain('"payload_too_large"');
+  });
+
   it('after an answered request (an unframed DELETE body): that answer only, then close', async () => {
     const got = await raw(
       'DELETE /chat-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n this is not a request',

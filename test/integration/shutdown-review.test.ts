@@ -73,6 +73,28 @@ describeWithRedis('SIGTERM with the journal in Redis', () => {
   }, 30_000);
 });
 
+describe('SIGTERM with a request whose body never finishes arriving', () => {
+  it('does not hold the shutdown for the whole grace', async () => {
+    const p = startServer({ PORT: '0', HOST: '127.0.0.1', SHUTDOWN_GRACE_MS: '20000' });
+    const base = await p.ready();
+    const { port } = new URL(base);
+    const socket = net.connect(Number(port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    // Headers and half the body, then nothing: body-parser is still reading it.
+    socket.write(
+      'POST /chat-stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 100\r\n\r\n{"prompt":',
+    );
+    await sleep(300);
+    const t0 = Date.now();
+    p.child.kill('SIGTERM');
+    expect(await p.exit).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(10_000); // the grace is 20 s
+    socket.destroy();
+  }, 40_000);
+});
+
 describe('app.close() during a stream (an embedder shutting down)', () => {
   it('ends the stream with the in-band shutting_down error, not a silent open response', async () => {
     const stack = await startStack({}, { tokenDelayMs: 20 });

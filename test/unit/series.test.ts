@@ -68,6 +68,13 @@ describe('series()', () => {
     expect(ended.status).toBe(204);
   });
 
+  it("next('route') is no error to a middleware layer: the rest runs, as with separate layers", async () => {
+    const route: RequestHandler = (_req, _res, next) => next('route');
+    const res = await request(appWith([mark('a'), route, mark('c')])).get('/x');
+    expect(res.status).toBe(200);
+    expect(res.body.trail).toEqual(['a', 'c']);
+  });
+
   it('one handler is returned as it is', () => {
     const only = mark('a');
     expect(series([only])).toBe(only);
