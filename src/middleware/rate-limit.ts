@@ -92,9 +92,18 @@ return 1`;
 /** Release retries: a stream that ends while Redis is away still gives its slot back. */
 const RELEASE_RETRY_MS = [1000, 5000, 30_000, 120_000];
 
+/**
+ * Back down by one, never below zero: a key lost while slots were held (a Redis restart without
+ * persistence, FLUSHALL, eviction) would otherwise go to -1 and give the client a slot more than
+ * its cap until it expired.
+ */
+const RELEASE_SCRIPT = `local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n`;
+
 export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:'): StreamSlots {
   const release = (key: string, attempt: number): void => {
-    redis.decr(key).catch(() => {
+    redis.eval(RELEASE_SCRIPT, 1, key).catch(() => {
       const delay = RELEASE_RETRY_MS[attempt];
       if (delay !== undefined) setTimeout(() => release(key, attempt + 1), delay).unref();
     });
@@ -109,10 +118,39 @@ export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:')
   };
 }
 
+/**
+ * The requests that may start upstream work, and so hold a stream slot: /chat-stream (GET and
+ * POST), its batch and /v1/chat/completions. Not /v1/models, HEAD, or a path with no route.
+ */
+function startsStreams(req: Request): boolean {
+  const path = (req.baseUrl + req.path).toLowerCase().replace(/\/+$/, '');
+  if (path === '/chat-stream') return req.method === 'GET' || req.method === 'POST';
+  return (
+    req.method === 'POST' && (path === '/chat-stream/batch' || path === '/v1/chat/completions')
+  );
+}
+
+/**
+ * A /chat-stream request that may continue or replay a stream the client already has (an SSE
+ * resume, a text resume, a known X-Request-ID): it starts no upstream work, and a client at its
+ * cap (its stream left during the resume grace still holds the slot) must be able to come back.
+ * At the cap, the route decides (res.locals.streamCapRefusal): refused only if it starts a stream.
+ */
+function mayContinue(req: Request): boolean {
+  const h = req.headers;
+  return (
+    h['last-event-id'] !== undefined ||
+    h['x-request-id'] !== undefined ||
+    h.range !== undefined ||
+    h['x-resume-at'] !== undefined ||
+    req.url.includes('lastEventId=')
+  );
+}
+
 /** Holds one of the client's stream slots for the life of the response (or of its stream). */
 export function streamCap(slots: StreamSlots, max: number, onLimited?: () => void) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
-    if (max <= 0) return next();
+    if (max <= 0 || !startsStreams(req)) return next();
     // Gone while an earlier guard waited on Redis: its 'close' went unheard, and a slot taken
     // now would never come back.
     if (clientGone(res)) return;
@@ -123,7 +161,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
      * One more slot, held until release(). False when the response is gone (before, or while
      * Redis answered: then the slot goes straight back), since it would never be released.
      */
-    const take = async (): Promise<boolean> => {
+    const take = async (count = true): Promise<boolean> => {
       if (released) return false;
       if (await slots.acquire(client, max)) {
         if (!released) {
@@ -134,7 +172,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
         return false;
       }
       if (released) return false;
-      onLimited?.();
+      if (count) onLimited?.();
       throw new ProxyError('rate_limited', `at most ${max} concurrent streams per client`, {
         retryAfterS: 1,
       });
@@ -161,6 +199,17 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     // nor have a stream started for nobody.
     res.on('close', done);
     res.on('finish', done);
-    if (await take()) next();
+    const deferrable = req.baseUrl.toLowerCase() === '/chat-stream' && mayContinue(req);
+    let granted: boolean;
+    try {
+      granted = await take(!deferrable);
+    } catch (err) {
+      if (!deferrable || !(err instanceof ProxyError)) throw err;
+      // Counted by the route if it does refuse (res.locals.onStreamCapRefused).
+      res.locals.streamCapRefusal = err;
+      res.locals.onStreamCapRefused = onLimited;
+      granted = true;
+    }
+    if (granted) next();
   };
 }

@@ -73,6 +73,13 @@ export function chatStreamRouter(
         return replay(res, requestId, 0, parsed, 0, 200, undefined, headOnly);
       }
     }
+    // At its stream cap, a request that may have been a resume or a replay came this far
+    // (middleware/rate-limit.ts): it is neither, so it is refused as any other.
+    const refused = res.locals.streamCapRefusal as ProxyError | undefined;
+    if (refused) {
+      (res.locals.onStreamCapRefused as (() => void) | undefined)?.();
+      throw refused;
+    }
     service.admit();
     if (headOnly) return sinkFor(res, parsed, requestId).head();
     const claim = await journal.create(requestId, fingerprint, request);

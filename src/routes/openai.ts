@@ -91,8 +91,10 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
     if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') {
       throw new ProxyError('invalid_request', 'each message must be an object with a "role"');
     }
-    chars += contentChars((m as { content?: unknown }).content);
+    chars += messageChars(m as Record<string, unknown>);
   }
+  // Tool definitions are input the model reads as well.
+  if (Array.isArray(src.tools)) chars += JSON.stringify(src.tools).length;
   if (chars > config.maxPromptChars) {
     throw new ProxyError(
       'payload_too_large',
@@ -113,6 +115,24 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
   const body = { ...src, model: target.model } as UpstreamBody;
   if (target.thinking && src.thinking === undefined) body.thinking = { type: target.thinking };
   return body;
+}
+
+/**
+ * What a message gives the model to read: its content, an assistant's earlier reasoning and the
+ * names and arguments of its tool calls (a long tool-call argument is as much a prompt as long
+ * content; not counting it let any prompt past MAX_PROMPT_CHARS).
+ */
+function messageChars(m: Record<string, unknown>): number {
+  let n = contentChars(m.content);
+  if (typeof m.reasoning_content === 'string') n += m.reasoning_content.length;
+  if (Array.isArray(m.tool_calls)) {
+    for (const call of m.tool_calls as unknown[]) {
+      const f = (call as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
+      if (typeof f?.name === 'string') n += f.name.length;
+      if (typeof f?.arguments === 'string') n += f.arguments.length;
+    }
+  }
+  return n;
 }
 
 /**
@@ -263,6 +283,8 @@ class OpenAiAggregateSink implements StreamListener {
   private answer = '';
   private reasoningText = '';
   private toolCalls: ToolCall[] = [];
+  /** Token log probabilities, when the request asked for them (`logprobs: true`). */
+  private logprobs: unknown[] | undefined;
   constructor(
     private readonly res: ServerResponse,
     private readonly requestId: string,
@@ -282,12 +304,15 @@ class OpenAiAggregateSink implements StreamListener {
           reasoning_content?: string | null;
           tool_calls?: ToolCall[];
         };
+        logprobs?: { content?: unknown } | null;
       }>;
     };
     if (!this.id && c.id) this.id = c.id;
     if (!this.created && c.created) this.created = c.created;
     if (!this.model && c.model) this.model = c.model;
     if (c.system_fingerprint) this.fingerprint = c.system_fingerprint;
+    const lp = c.choices?.[0]?.logprobs?.content;
+    if (Array.isArray(lp)) (this.logprobs ??= []).push(...(lp as unknown[]));
     const d = c.choices?.[0]?.delta;
     if (!d) return;
     if (typeof d.content === 'string') this.answer += d.content;
@@ -328,7 +353,14 @@ class OpenAiAggregateSink implements StreamListener {
       created: this.created,
       model: this.model,
       system_fingerprint: this.fingerprint,
-      choices: [{ index: 0, message, logprobs: null, finish_reason: finishReason }],
+      choices: [
+        {
+          index: 0,
+          message,
+          logprobs: this.logprobs ? { content: this.logprobs } : null,
+          finish_reason: finishReason,
+        },
+      ],
       usage: usage ?? null,
     });
     this.status = 200;

@@ -37,6 +37,53 @@ describe('/v1 limits and accounting', () => {
     expect(JSON.stringify(stack.sim.requests.map((r) => r.body))).not.toContain(tag);
   });
 
+  it.each([
+    [
+      'tool-call arguments',
+      (tag: string) => ({
+        role: 'assistant',
+        content: '',
+        tool_calls: [
+          {
+            id: 't1',
+            type: 'function',
+            function: { name: 'f', arguments: tag + 'x'.repeat(1000) },
+          },
+        ],
+      }),
+    ],
+    [
+      'earlier reasoning',
+      (tag: string) => ({
+        role: 'assistant',
+        content: 'ok',
+        reasoning_content: tag + 'y'.repeat(1000),
+      }),
+    ],
+  ])('%s count toward MAX_PROMPT_CHARS too', async (what, message) => {
+    const tag = `over the limit in ${what}`;
+    const res = await post({
+      messages: [{ role: 'user', content: 'hi' }, message(tag), { role: 'user', content: 'go on' }],
+    });
+    expect(res.status).toBe(413);
+    expect(JSON.stringify(stack.sim.requests.map((r) => r.body))).not.toContain(tag);
+  });
+
+  it('tool definitions count toward MAX_PROMPT_CHARS', async () => {
+    const tag = 'a very long tool description';
+    const res = await post({
+      messages: [{ role: 'user', content: 'hi' }],
+      tools: [
+        {
+          type: 'function',
+          function: { name: 'f', description: tag + 'z'.repeat(1000), parameters: {} },
+        },
+      ],
+    });
+    expect(res.status).toBe(413);
+    expect(JSON.stringify(stack.sim.requests.map((r) => r.body))).not.toContain(tag);
+  });
+
   it('the log line of a non-stream answer counts its bytes, not its UTF-16 units', async () => {
     const prompt = 'bytes of a json answer';
     const res = await post({

@@ -91,6 +91,20 @@ const SCRIPTS: Record<
     then: 'done',
     gapMs: 10,
   },
+  // Token chunks carrying logprobs (the request asked for them).
+  logprobs: {
+    chunks: [
+      ROLE,
+      line(
+        '{"content":"Hel"},"logprobs":{"content":[{"token":"Hel","logprob":-0.1,"bytes":[72,101,108],"top_logprobs":[]}]}',
+      ).replace(',"logprobs":null', ''),
+      line(
+        '{"content":"lo"},"logprobs":{"content":[{"token":"lo","logprob":-0.2,"bytes":[108,111],"top_logprobs":[]}]}',
+      ).replace(',"logprobs":null', ''),
+      FINISH,
+    ],
+    then: 'done',
+  },
   'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
   'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
@@ -248,6 +262,17 @@ describe('a token with a raw control character (not JSON)', () => {
     const res = await v1('raw-control', true);
     expect(res.body).not.toContain('x\u0001y');
     expect(res.body).toContain('upstream_protocol_error');
+  });
+});
+
+describe('/v1 non-stream with logprobs', () => {
+  it('assembles the log probabilities of every chunk instead of dropping them', async () => {
+    const res = await v1('logprobs');
+    expect(res.status).toBe(200);
+    const choice = JSON.parse(res.body).choices[0];
+    expect(choice.message.content).toBe('Hello');
+    expect(choice.logprobs.content.map((t: { token: string }) => t.token)).toEqual(['Hel', 'lo']);
+    expect(choice.logprobs.content[1].logprob).toBe(-0.2);
   });
 });
 
