@@ -1,6 +1,6 @@
 // journal/memory-store.ts: the in-process journal. Bounded per stream and in total (finished
-// streams are evicted before live ones, oldest first), swept for TTL on an unref()ed timer,
-// shutdown() to stop it.
+// streams are evicted before live ones, oldest first), finished streams swept for TTL on an
+// unref()ed timer, shutdown() to stop it.
 // Subscribers are called synchronously as events are appended.
 
 import {
@@ -36,12 +36,22 @@ interface Sub {
   closed: boolean;
 }
 
+/** Evicted live streams remembered at most (see orphans). */
+const MAX_ORPHANS = 10_000;
+
 export class MemoryJournalStore implements JournalStore {
   readonly shared = false;
   /** Insertion order = age: eviction takes from the front. */
   private readonly streams = new Map<string, Entry>();
   private totalBytes = 0;
   private readonly sweeper: NodeJS.Timeout;
+  /**
+   * Live streams evicted to stay within the total budget, by id, with their fingerprint, until
+   * their recorder ends them (finish or remove). Their generation still runs and writes by id: a
+   * new stream under the same id (a retry with the same X-Request-ID) would get its events mixed
+   * in. Until then, the id answers as a stream that is no longer available.
+   */
+  private readonly orphans = new Map<string, string>();
 
   constructor(private readonly limits: JournalLimits) {
     this.sweeper = setInterval(() => this.sweep(), Math.min(limits.ttlMs, 30_000));
@@ -62,6 +72,8 @@ export class MemoryJournalStore implements JournalStore {
   async create(id: string, fingerprint: string) {
     const existing = this.live(id);
     if (existing) return { created: false as const, meta: { ...existing.meta } };
+    const orphan = this.orphanMeta(id);
+    if (orphan) return { created: false as const, meta: orphan };
     this.streams.set(id, {
       meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false },
       firstSeq: 0,
@@ -76,7 +88,13 @@ export class MemoryJournalStore implements JournalStore {
 
   async meta(id: string) {
     const e = this.live(id);
-    return e ? { ...e.meta } : undefined;
+    return e ? { ...e.meta } : this.orphanMeta(id);
+  }
+
+  private orphanMeta(id: string): StreamMeta | undefined {
+    const fingerprint = this.orphans.get(id);
+    if (fingerprint === undefined) return undefined;
+    return { id, fingerprint, state: 'live', lastSeq: 0, overflow: true };
   }
 
   append(id: string, events: JournalEvent[], bytes: number): boolean {
@@ -112,7 +130,10 @@ export class MemoryJournalStore implements JournalStore {
 
   finish(id: string, state: 'done' | 'failed'): void {
     const e = this.streams.get(id);
-    if (!e) return;
+    if (!e) {
+      this.orphans.delete(id);
+      return;
+    }
     e.meta.state = state;
     e.expiresAt = Date.now() + this.limits.ttlMs;
     for (const s of e.subscribers) this.endSub(e, s);
@@ -137,7 +158,10 @@ export class MemoryJournalStore implements JournalStore {
 
   remove(id: string): void {
     const e = this.streams.get(id);
-    if (!e) return;
+    if (!e) {
+      this.orphans.delete(id);
+      return;
+    }
     this.drop(id, e);
   }
 
@@ -179,6 +203,7 @@ export class MemoryJournalStore implements JournalStore {
     clearInterval(this.sweeper);
     for (const e of this.streams.values()) for (const s of e.subscribers) this.endSub(e, s);
     this.streams.clear();
+    this.orphans.clear();
     this.totalBytes = 0;
   }
 
@@ -231,7 +256,13 @@ export class MemoryJournalStore implements JournalStore {
     }
     for (const [id, e] of this.streams) {
       if (this.totalBytes <= this.limits.maxBytesTotal) return;
-      if (id !== keep) this.drop(id, e);
+      // A stream with nothing journaled yet (queued upstream) frees nothing: keep it.
+      if (id !== keep && e.bytes > 0) {
+        this.drop(id, e);
+        this.orphans.set(id, e.meta.fingerprint);
+        // Ids only, ended by their recorder; bounded all the same.
+        if (this.orphans.size > MAX_ORPHANS) this.orphans.delete(this.orphans.keys().next().value!);
+      }
     }
   }
 
@@ -241,11 +272,16 @@ export class MemoryJournalStore implements JournalStore {
     for (const s of e.subscribers) this.endSub(e, s);
   }
 
+  /**
+   * Finished streams past their TTL. Never a live one: its recorder ends it (finish or remove),
+   * and one that journaled nothing for RESUME_TTL_S (a long upstream queue) is still running: it
+   * was dropped here, so a retry with its X-Request-ID started a second generation under the
+   * same id. A live stream's bytes count toward the total budget, which evicts it if need be.
+   */
   private sweep(): void {
     const now = Date.now();
     for (const [id, e] of this.streams) {
-      if (e.expiresAt <= now && (e.meta.state !== 'live' || e.subscribers.size === 0))
-        this.drop(id, e);
+      if (e.expiresAt <= now && e.meta.state !== 'live') this.drop(id, e);
     }
   }
 }
