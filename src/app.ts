@@ -229,6 +229,9 @@ function countRequests(metrics: Metrics, inFlight: Set<Response>): RequestHandle
 function createJournal(config: Config, onError: (err: unknown) => void): JournalStore {
   const limits = {
     ttlMs: config.resumeTtlS * 1000,
+    // A stream runs at most STREAM_MAX_DURATION_MS (its grace included): its keys must not
+    // expire before, however short RESUME_TTL_S is.
+    liveTtlMs: config.streamMaxDurationMs + config.resumeGraceMs + 60_000,
     maxBytesPerStream: config.journalMaxBytesPerStream,
     maxBytesTotal: config.journalMaxBytes,
   };

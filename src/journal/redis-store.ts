@@ -68,6 +68,11 @@ function entryEvents(
 }
 
 /** handoff -> live, for exactly one caller. */
+/** DECR that never leaves a negative count: at 0 or below, the key goes. */
+const DECR_FLOORED = `local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n`;
+
 const CLAIM_SCRIPT = `if redis.call('HGET', KEYS[1], 'state') == 'handoff' then
   redis.call('HSET', KEYS[1], 'state', 'live')
   return 1
@@ -75,6 +80,11 @@ end
 return 0`;
 
 export class RedisJournalStore implements JournalStore {
+  /** TTL of a live stream's keys (JournalLimits.liveTtlMs). */
+  private get liveTtlMs(): number {
+    return Math.max(this.limits.ttlMs, this.limits.liveTtlMs ?? 0);
+  }
+
   readonly shared = true;
   private readonly redis: Redis;
   /** Budget accounting for the streams this process writes. */
@@ -120,7 +130,7 @@ export class RedisJournalStore implements JournalStore {
       this.mKey(id),
       fingerprint,
       request ?? '',
-      String(this.limits.ttlMs),
+      String(this.liveTtlMs),
     );
     if (created === 1) {
       this.written.set(id, 0);
@@ -221,10 +231,10 @@ export class RedisJournalStore implements JournalStore {
     // that runs longer than the TTL must not expire while it runs (the meta key would come back
     // without a TTL). Set again when a quarter of the TTL has gone by, not on every append.
     const now = Date.now();
-    if (now - (this.refreshed.get(id) ?? 0) > this.limits.ttlMs / 4) {
+    if (now - (this.refreshed.get(id) ?? 0) > this.liveTtlMs / 4) {
       this.refreshed.set(id, now);
-      p.pexpire(key, this.limits.ttlMs);
-      p.pexpire(this.mKey(id), this.limits.ttlMs);
+      p.pexpire(key, this.liveTtlMs);
+      p.pexpire(this.mKey(id), this.liveTtlMs);
     }
     p.exec().then(
       (results) => {
@@ -268,15 +278,20 @@ export class RedisJournalStore implements JournalStore {
       closed = true;
       this.followersOpen.delete(close);
       conn.disconnect();
-      this.redis.decr(this.fKey(id)).catch(this.onError);
+      // Never below zero (the key may have expired or been lost meanwhile).
+      this.redis.eval(DECR_FLOORED, 1, this.fKey(id)).catch(this.onError);
     };
     this.followersOpen.add(close);
+    const countMe = () => this.redis.pexpire(this.fKey(id), this.liveTtlMs).catch(this.onError);
     this.redis
       .multi()
       .incr(this.fKey(id))
-      .pexpire(this.fKey(id), this.limits.ttlMs)
+      .pexpire(this.fKey(id), this.liveTtlMs)
       .exec()
       .catch(this.onError);
+    // The count outlives a follower that reads for longer than its TTL: refreshed while it reads
+    // (the grace check takes a count of 0 for nobody reading, and stops the upstream).
+    let counted = Date.now();
 
     const run = async () => {
       let last = afterSeq;
@@ -293,6 +308,10 @@ export class RedisJournalStore implements JournalStore {
           `0-${last}`,
         )) as Array<[string, Array<[string, string[]]>]> | null;
         if (closed) return;
+        if (Date.now() - counted > this.liveTtlMs / 4) {
+          counted = Date.now();
+          void countMe();
+        }
         const entries = res?.[0]?.[1] ?? [];
         const events: JournalEvent[] = [];
         for (const [entryId, fields] of entries) entryEvents(entryId, fields, last, events);

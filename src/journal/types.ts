@@ -85,7 +85,14 @@ export interface JournalStore {
 }
 
 export interface JournalLimits {
+  /** How long a finished stream's events are kept (RESUME_TTL_S). */
   ttlMs: number;
+  /**
+   * How long a live stream's keys live past its last write (the Redis store): at least the
+   * longest a stream can run, so a stream quiet for longer than ttlMs (a long upstream queue)
+   * or a reader following it for longer is not forgotten while it runs. Default: ttlMs.
+   */
+  liveTtlMs?: number;
   maxBytesPerStream: number;
   maxBytesTotal: number;
 }

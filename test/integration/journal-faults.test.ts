@@ -131,6 +131,47 @@ describeWithRedis('Redis journal and slots', () => {
     }
   });
 
+  it('a live stream quiet for longer than RESUME_TTL_S (a long queue) is not forgotten', async () => {
+    const short = new RedisJournalStore(
+      redis.url,
+      { ...limits, ttlMs: 300, liveTtlMs: 10_000 },
+      'jq:',
+    );
+    try {
+      await short.create('queued', 'fp');
+      await sleep(700);
+      expect(await short.meta('queued')).toMatchObject({ state: 'live' });
+    } finally {
+      await short.shutdown();
+    }
+  });
+
+  it('a follower reading for longer than RESUME_TTL_S stays counted; the count never goes negative', async () => {
+    const short = new RedisJournalStore(
+      redis.url,
+      { ...limits, ttlMs: 300, liveTtlMs: 2000 },
+      'jr:',
+    );
+    try {
+      await short.create('followed', 'fp');
+      short.append('followed', [ev(1)], 10);
+      const sub = short.subscribe('followed', 0, { event: () => undefined, end: () => undefined });
+      // The stream goes on writing for longer than both TTLs; its follower reads all along.
+      for (let seq = 2; seq <= 8; seq++) {
+        await sleep(500);
+        short.append('followed', [ev(seq)], 10);
+      }
+      expect(await short.followers('followed')).toBe(1);
+      await client.del('jr:f:followed'); // lost meanwhile (eviction, a restart)
+      sub.close();
+      await sleep(100);
+      expect(await client.get('jr:f:followed')).toBeNull(); // not -1
+      expect(await short.followers('followed')).toBe(0);
+    } finally {
+      await short.shutdown();
+    }
+  }, 10_000);
+
   it('taking over a handed-off stream counts against the global cap; HEAD never takes over', async () => {
     const stack = await startStack({ redisUrl: redis.url, maxConcurrentStreams: 1 });
     const seed = new RedisJournalStore(redis.url, limits, 'dsp:');
