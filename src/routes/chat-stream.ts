@@ -254,26 +254,60 @@ export function chatStreamRouter(
   function follow(res: Response, sink: ResponseSink, id: string, afterSeq: number): Promise<void> {
     metrics?.resumes.inc({ kind: 'client' });
     return new Promise<void>((resolve) => {
-      sink.open();
+      // The head waits for the first event (or, as a new stream's, a heartbeat's time): a stream
+      // that fails before it opened is forgotten (its retry starts afresh), and a follower that
+      // joined it early then gets a JSON error, not a 200 with an in-band error whose id would
+      // belong to the next stream under that id.
+      let headTimer: NodeJS.Timeout | undefined = setTimeout(() => {
+        headTimer = undefined;
+        sink.open();
+      }, config.heartbeatMs);
+      headTimer.unref();
+      const opened = () => {
+        if (headTimer === undefined) return;
+        clearTimeout(headTimer);
+        headTimer = undefined;
+        sink.open(true);
+      };
       let ended = false;
       const sub = journal.subscribe(id, afterSeq, {
         event(ev) {
+          opened();
           sink.event(ev);
           sink.flush();
         },
         end() {
           if (ended) return;
           ended = true;
-          if (sink.isClosed) return resolve();
-          // Handed off by a worker that shut down: send the client back for a takeover.
+          if (sink.isClosed) {
+            if (headTimer !== undefined) clearTimeout(headTimer);
+            return resolve();
+          }
+          const before = headTimer !== undefined;
           void journal
             .meta(id)
-            .then((m) => (m?.state === 'handoff' ? sink.cut() : sink.abandon()))
-            .catch(() => sink.abandon())
+            .then((m) => {
+              if (before && !m) {
+                if (headTimer !== undefined) clearTimeout(headTimer);
+                headTimer = undefined;
+                return sink.failBeforeOpen(
+                  new ProxyError('stream_expired', 'that stream is unknown or expired'),
+                );
+              }
+              opened();
+              // Handed off by a worker that shut down: send the client back for a takeover.
+              return m?.state === 'handoff' ? sink.cut() : sink.abandon();
+            })
+            .catch(() => {
+              opened();
+              sink.abandon();
+            })
             .finally(resolve);
         },
       });
       const left = () => {
+        if (headTimer !== undefined) clearTimeout(headTimer);
+        headTimer = undefined;
         sub.close();
         if (!ended) {
           ended = true;

@@ -277,13 +277,14 @@ suite('demo page', () => {
 
   it('a reconnect refused before the first token never starts a second answer', async () => {
     // The head goes out alone after 300 ms of queue (no token yet), then the connection drops.
-    // EventSource reconnects into the same stream (the preamble's id), but the stream it left
-    // still holds the client's one stream slot during the grace: the reconnect is refused.
+    // EventSource reconnects into the same stream (the preamble's id), but the client has used
+    // its one request of the rate-limit window: the reconnect is refused (429).
     const s = await startStack({
       sseRetryMs: 200,
       heartbeatMs: 300,
       resumeGraceMs: 10_000,
-      maxStreamsPerClient: 1,
+      rateLimitMax: 1,
+      rateLimitWindowMs: 60_000,
     });
     const relay = await cuttableRelay(s.url);
     const page = await browser.newPage();

@@ -5,7 +5,8 @@
 import { MemoryJournalStore } from '../../src/journal/memory-store';
 import type { JournalEvent, JournalStore } from '../../src/journal/types';
 import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
-import { parseSse, q, request, startStack, type Stack } from '../helpers/stack';
+import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
+import { simulateAnswer } from '../../src/simulator/answer';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -225,4 +226,27 @@ describe('memory journal bounds', () => {
       await store.shutdown();
     }
   });
+});
+
+describe('a replay that joins a stream which then fails before it began', () => {
+  it('gets a JSON error, not a 200 whose error event carries an id of the next stream', async () => {
+    const stack = await startStack({ resumeGraceMs: 2000, sseRetryMs: 100 });
+    try {
+      // Only the first request with this prompt fails (401 after 600 ms); a retry succeeds.
+      const prompt = 'joins then fails [[stall-headers=600 status=401 times=1]]';
+      const url = stack.url + q(prompt, '&format=sse&thinking=false');
+      const first = request(url, { headers: { 'x-request-id': 'joined-fail' } });
+      await new Promise((r) => setTimeout(r, 200));
+      // A second tab (or an idempotent retry) joins while the first waits for its upstream.
+      const joined = await request(url, { headers: { 'x-request-id': 'joined-fail' } });
+      expect((await first).status).toBe(502);
+      expect(joined.status).toBe(410);
+      expect(JSON.parse(joined.body).error.code).toBe('stream_expired');
+      // The id was forgotten: a retry starts afresh and gets the whole answer.
+      const retry = await request(url, { headers: { 'x-request-id': 'joined-fail' } });
+      expect(sseText(parseSse(retry.body).events)).toBe(simulateAnswer(prompt).text);
+    } finally {
+      await stack.close();
+    }
+  }, 20_000);
 });
