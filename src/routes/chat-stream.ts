@@ -295,8 +295,11 @@ export function chatStreamRouter(
                 );
               }
               opened();
-              // Handed off by a worker that shut down: send the client back for a takeover.
-              return m?.state === 'handoff' ? sink.cut() : sink.abandon();
+              // Handed off by a worker that shut down: send the client back for a takeover. Live
+              // again (another worker took it over between our end and this read): send it back
+              // to follow that; an error event here would carry an id the takeover also uses.
+              const elsewhere = m?.state === 'handoff' || (m?.state === 'live' && !m.overflow);
+              return elsewhere ? sink.cut() : sink.abandon();
             })
             .catch(() => {
               opened();

@@ -2,7 +2,12 @@
 // resume must never hang on a stream that can no longer be resumed, never make a truncated
 // answer look complete, and never answer a byte offset with anything but the text's bytes.
 
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createApp } from '../../src/app';
+import { testConfig } from '../../src/config';
 import { MemoryJournalStore } from '../../src/journal/memory-store';
+import { createLogger } from '../../src/log';
 import type { JournalEvent, JournalStore } from '../../src/journal/types';
 import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
 import { parseSse, q, request, sseText, startStack, type Stack } from '../helpers/stack';
@@ -249,4 +254,48 @@ describe('a replay that joins a stream which then fails before it began', () => 
       await stack.close();
     }
   }, 20_000);
+});
+
+describe('a follow that ends while another worker takes the stream over', () => {
+  it('sends the client back (no final event) instead of stream_expired with the takeover’s ids', async () => {
+    // What a Redis follower sees in the race: its subscription ends (the stream was handed
+    // off), and by the time it reads the stream's state, another worker has taken it over.
+    const inner = new MemoryJournalStore({
+      ttlMs: 60_000,
+      maxBytesPerStream: 100_000,
+      maxBytesTotal: 1_000_000,
+    });
+    await inner.create('taken', 'fp');
+    inner.append('taken', [ev(1), ev(2), ev(3)], 60);
+    const journal = Object.assign(Object.create(inner) as MemoryJournalStore, {
+      subscribe(id: string, after: number, h: { event(e: JournalEvent): void; end(): void }) {
+        void inner.read(id, after).then((evs) => {
+          for (const e of evs) h.event(e);
+          h.end();
+        });
+        return { close() {} };
+      },
+    }) as JournalStore;
+    const app = createApp(testConfig({ useSimulator: false, deepseekApiKey: 'sk-test' }), {
+      journal,
+      logger: createLogger('silent'),
+    });
+    const server = http.createServer(app);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const res = await request(`http://127.0.0.1:${port}/chat-stream`, {
+        headers: { 'last-event-id': 'taken:1' },
+      });
+      expect(res.status).toBe(200);
+      const events = parseSse(res.body).events;
+      expect(events.map((e) => e.id)).toEqual(['taken:2', 'taken:3']);
+      expect(events.some((e) => e.event === 'error')).toBe(false);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await app.close();
+      await inner.shutdown();
+    }
+  });
 });
