@@ -46,6 +46,8 @@ export class ResponseSink {
   private skip: number;
   /** The last journal event written (replays and follows): the seq after it ends a stream. */
   private lastSeq: number;
+  /** event() wrote at least one journal event. */
+  private wroteEvent = false;
 
   constructor(
     private readonly res: ServerResponse,
@@ -179,6 +181,7 @@ export class ResponseSink {
   /** Any journal event (live follow or replay). */
   event(ev: JournalEvent): void {
     this.lastSeq = ev.seq;
+    this.wroteEvent = true;
     switch (ev.kind) {
       case 'content':
         return this.content(ev.data, ev.seq);
@@ -222,14 +225,21 @@ export class ResponseSink {
     else this.res.end();
   }
 
-  /** The journal ran out without the stream's end (evicted, or abandoned): cut the response. */
-  abandon(): void {
+  /**
+   * The journal ran out without the stream's end (evicted, or abandoned): cut the response.
+   * `gone`: the stream itself is gone (its id forgotten: it failed before it began, and a retry
+   * may start another under the same id).
+   */
+  abandon(gone = false): void {
     if (this.closed) return;
     this.error(
       JSON.stringify({ code: 'stream_expired', message: 'the stream is no longer available' }),
       // Not 0: EventSource would reconnect with it and be replayed everything again. After the
-      // last seq, a reconnect is told 204 (the stream is over) and stops.
-      this.lastSeq + 1,
+      // last seq, a reconnect is told 204 (the stream is over) and stops. But a stream that is
+      // gone before this sink wrote any of its events keeps the id the client has: the next
+      // seq may be the first event of another stream under the same id, which a reconnect
+      // from it would skip.
+      gone && !this.wroteEvent ? this.lastSeq : this.lastSeq + 1,
     );
   }
 

@@ -199,7 +199,11 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     // nor have a stream started for nobody.
     res.on('close', done);
     res.on('finish', done);
-    const deferrable = req.baseUrl.toLowerCase() === '/chat-stream' && mayContinue(req);
+    // /chat-stream itself only: the batch (mounted under the same guards) has no resume, and
+    // nothing there would refuse it later.
+    const deferrable =
+      (req.baseUrl + req.path).toLowerCase().replace(/\/+$/, '') === '/chat-stream' &&
+      mayContinue(req);
     let granted: boolean;
     try {
       granted = await take(!deferrable);

@@ -299,7 +299,7 @@ export function chatStreamRouter(
               // again (another worker took it over between our end and this read): send it back
               // to follow that; an error event here would carry an id the takeover also uses.
               const elsewhere = m?.state === 'handoff' || (m?.state === 'live' && !m.overflow);
-              return elsewhere ? sink.cut() : sink.abandon();
+              return elsewhere ? sink.cut() : sink.abandon(!m);
             })
             .catch(() => {
               opened();

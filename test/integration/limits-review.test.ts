@@ -69,6 +69,23 @@ describe('a client at its stream cap (MAX_STREAMS_PER_CLIENT=1)', () => {
     expect(streams(after) - streams(before)).toBe(1);
   }, 20_000);
 
+  it('a batch is refused at the cap whatever resume headers it carries', async () => {
+    let started = false;
+    const open = request(stack.url + q('holds the slot too [[tokens=40 delay=20]]'), {
+      onChunk: () => void (started = true),
+    });
+    await waitFor(() => started, 5000, 'stream open');
+    for (const headers of [{ 'x-request-id': 'batch-at-cap' }, { 'last-event-id': 'x:1' }]) {
+      const res = await request(stack.url + '/Chat-Stream/batch/', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ prompts: ['one more'] }),
+      });
+      expect(res.status).toBe(429);
+    }
+    await open;
+  }, 20_000);
+
   it('is not refused requests that are not streams (GET /v1/models, a 405)', async () => {
     let started = false;
     const open = request(stack.url + q('holds the slot [[tokens=40 delay=20]]'), {

@@ -256,6 +256,28 @@ describe('a replay that joins a stream which then fails before it began', () => 
   }, 20_000);
 });
 
+describe('a replay that joins a stream which fails before it began, after the replay’s head', () => {
+  it('ends with an error event whose id is the one it had, so a reconnect skips nothing', async () => {
+    const stack = await startStack({ resumeGraceMs: 2000, heartbeatMs: 300 });
+    try {
+      const prompt = 'fails late before open [[stall-headers=1500 status=400]]';
+      const url = stack.url + q(prompt, '&format=sse&thinking=false');
+      const first = request(url, { headers: { 'x-request-id': 'late-fail' } });
+      await new Promise((r) => setTimeout(r, 200));
+      const joined = await request(url, { headers: { 'x-request-id': 'late-fail' } });
+      expect((await first).status).toBe(400);
+      expect(joined.status).toBe(200); // its head went out after heartbeatMs
+      const last = parseSse(joined.body).events.at(-1)!;
+      expect(last.event).toBe('error');
+      expect(JSON.parse(last.data).code).toBe('stream_expired');
+      // Not late-fail:1: that may be the first event of a retry's stream under the same id.
+      expect(last.id).toBe('late-fail:0');
+    } finally {
+      await stack.close();
+    }
+  }, 20_000);
+});
+
 describe('a follow that ends while another worker takes the stream over', () => {
   it('sends the client back (no final event) instead of stream_expired with the takeover’s ids', async () => {
     // What a Redis follower sees in the race: its subscription ends (the stream was handed
