@@ -75,7 +75,11 @@ describe('a client at its stream cap (MAX_STREAMS_PER_CLIENT=1)', () => {
       onChunk: () => void (started = true),
     });
     await waitFor(() => started, 5000, 'stream open');
-    for (const headers of [{ 'x-request-id': 'batch-at-cap' }, { 'last-event-id': 'x:1' }]) {
+    const variants: Record<string, string>[] = [
+      { 'x-request-id': 'batch-at-cap' },
+      { 'last-event-id': 'x:1' },
+    ];
+    for (const headers of variants) {
       const res = await request(stack.url + '/Chat-Stream/batch/', {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...headers },
