@@ -3,7 +3,7 @@
 // is touched, progress with the answer on the same terminal, the library's ALLOWED_MODELS,
 // signed requests in the same second, and the --server URL and resume file checks.
 
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -13,55 +13,11 @@ import { streamChat } from '../../src/library';
 import { sign, signingPayload } from '../../src/middleware/auth';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { startSimulator } from '../../src/simulator/server';
+import { root, runCli, tsx, type CliRun } from '../helpers/proc';
 import { startStack, TEST_KEY, waitFor, type Stack } from '../helpers/stack';
 
-const root = path.resolve(__dirname, '../..');
-const tsx = path.join(root, 'node_modules/.bin/tsx');
-
-interface Run {
-  child: ChildProcessWithoutNullStreams;
-  code: Promise<number | null>;
-  stdout: () => string;
-  stderr: () => string;
-}
-
-/**
- * The CLI as a child process. `stdin`: text to send and close, or 'open' to leave it open (a pipe
- * that never ends). `deadlineMs`: killed after that long (then `code` is null), so a CLI that
- * hangs fails its test instead of the whole run.
- */
-function cli(
-  args: string[],
-  env: Record<string, string> = {},
-  stdin: string | 'open' = '',
-  deadlineMs = 25_000,
-): Run {
-  const child = spawn(tsx, ['src/cli/main.ts', ...args], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
-  child.stdout.on('error', () => undefined); // a test may close it early
-  child.stdin.on('error', () => undefined);
-  if (stdin !== 'open') child.stdin.end(stdin);
-  const deadline = setTimeout(() => child.kill('SIGKILL'), deadlineMs);
-  return {
-    child,
-    code: new Promise((r) =>
-      child.on('exit', (c) => {
-        clearTimeout(deadline);
-        child.stdin.destroy();
-        r(c);
-      }),
-    ),
-    stdout: () => out,
-    stderr: () => err,
-  };
-}
+const cli = runCli;
+type Run = CliRun;
 
 /** stderr is exactly one `deepseek-stream: ...` line: no stack trace, no usage text. */
 function oneLine(r: Run, pattern: RegExp): void {

@@ -1,40 +1,14 @@
 // The CLI, spawned as a user would run it, against the simulator directly and through a proxy.
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { simulateAnswer } from '../../src/simulator/answer';
+import { runCli, type CliRun } from '../helpers/proc';
 import { startStack, TEST_KEY, waitFor, type Stack } from '../helpers/stack';
 
-const root = path.resolve(__dirname, '../..');
-const tsx = path.join(root, 'node_modules/.bin/tsx');
-
-interface Run {
-  code: Promise<number | null>;
-  stdout: () => string;
-  stderr: () => string;
-  kill: (sig: NodeJS.Signals) => void;
-}
-
-function cli(args: string[], env: Record<string, string> = {}, stdin?: string): Run {
-  const child = spawn(tsx, ['src/cli/main.ts', ...args], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
-  child.stdin.end(stdin ?? '');
-  return {
-    code: new Promise((r) => child.on('exit', (c) => r(c))),
-    stdout: () => out,
-    stderr: () => err,
-    kill: (sig) => child.kill(sig),
-  };
-}
+const cli = runCli;
+type Run = CliRun;
 
 let stack: Stack;
 let dir: string;
@@ -70,7 +44,7 @@ describe('deepseek-stream', () => {
     const file = path.join(dir, 'direct.txt');
     const first = cli(['--no-thinking', '-o', file, prompt], direct());
     await waitFor(() => fs.existsSync(file) && fs.statSync(file).size > 30, 15_000, 'some output');
-    first.kill('SIGINT');
+    first.child.kill('SIGINT');
     expect(await first.code).toBe(130);
     const partial = fs.readFileSync(file, 'utf8');
     const full = simulateAnswer(prompt).text;
@@ -97,7 +71,7 @@ describe('deepseek-stream', () => {
         15_000,
         'some output',
       );
-      first.kill('SIGINT');
+      first.child.kill('SIGINT');
       expect(await first.code).toBe(130);
       expect(fs.existsSync(file + '.resume.json')).toBe(true);
       const second = cli(['--server', s.url, '--resume', '-o', file, prompt]);
@@ -193,7 +167,7 @@ describe('deepseek-stream --server, when the proxy guards its API', () => {
     const args = ['--server', signed.url, '--signing-secret', SECRET, '-o', file];
     const first = cli([...args, '--no-thinking', prompt]);
     await waitFor(() => fs.existsSync(file) && fs.statSync(file).size > 30, 15_000, 'some output');
-    first.kill('SIGINT');
+    first.child.kill('SIGINT');
     expect(await first.code).toBe(130);
     // Neither credential is written to disk for the resume.
     expect(fs.readFileSync(file + '.resume.json', 'utf8')).not.toContain(SECRET);
