@@ -122,8 +122,7 @@ export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:')
  * The requests that may start upstream work, and so hold a stream slot: /chat-stream (GET and
  * POST), its batch and /v1/chat/completions. Not /v1/models, HEAD, or a path with no route.
  */
-function startsStreams(req: Request): boolean {
-  const path = (req.baseUrl + req.path).toLowerCase().replace(/\/+$/, '');
+function startsStreams(req: Request, path: string): boolean {
   if (path === '/chat-stream') return req.method === 'GET' || req.method === 'POST';
   return (
     req.method === 'POST' && (path === '/chat-stream/batch' || path === '/v1/chat/completions')
@@ -150,7 +149,10 @@ function mayContinue(req: Request): boolean {
 /** Holds one of the client's stream slots for the life of the response (or of its stream). */
 export function streamCap(slots: StreamSlots, max: number, onLimited?: () => void) {
   return async (req: Request, res: Response, next: NextFunction): Promise<void> => {
-    if (max <= 0 || !startsStreams(req)) return next();
+    if (max <= 0) return next();
+    // As Express routes it: case-insensitive, a trailing slash allowed.
+    const path = (req.baseUrl + req.path).toLowerCase().replace(/\/+$/, '');
+    if (!startsStreams(req, path)) return next();
     // Gone while an earlier guard waited on Redis: its 'close' went unheard, and a slot taken
     // now would never come back.
     if (clientGone(res)) return;
@@ -201,9 +203,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     res.on('finish', done);
     // /chat-stream itself only: the batch (mounted under the same guards) has no resume, and
     // nothing there would refuse it later.
-    const deferrable =
-      (req.baseUrl + req.path).toLowerCase().replace(/\/+$/, '') === '/chat-stream' &&
-      mayContinue(req);
+    const deferrable = path === '/chat-stream' && mayContinue(req);
     let granted: boolean;
     try {
       granted = await take(!deferrable);
