@@ -9,6 +9,7 @@ import { ProxyError } from './errors';
 import { MemoryJournalStore } from './journal/memory-store';
 import { RedisJournalStore } from './journal/redis-store';
 import type { JournalStore } from './journal/types';
+import { bindRequestClasses, type RequestClasses } from './http-server';
 import { createLogger, type Logger } from './log';
 import { Metrics } from './metrics';
 import { apiKeyAuth, memoryReplayGuard, redisReplayGuard, signatureAuth } from './middleware/auth';
@@ -38,6 +39,8 @@ export interface ProxyApp extends Express {
   journal: JournalStore;
   metrics: Metrics;
   logger: Logger;
+  /** For http.createServer's options: see http-server.ts (createHttpServer uses them). */
+  requestClasses: RequestClasses;
   /**
    * Release sockets, timers and Redis connections. Active streams are stopped. Resolves when the
    * journal has written what it had queued (a handed-off stream's state, in Redis).
@@ -96,6 +99,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   redis?.on('error', redisError);
 
   const app = express() as unknown as ProxyApp;
+  app.requestClasses = bindRequestClasses(app);
   const inFlight = new Set<Response>();
   app.disable('x-powered-by');
   app.set('trust proxy', config.trustProxy);

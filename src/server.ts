@@ -4,13 +4,12 @@
 
 import fs from 'node:fs';
 import http from 'node:http';
-import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import dotenv from 'dotenv';
 import { createApp, metricsHandler } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
+import { createHttpServer } from './http-server';
 import { createLogger } from './log';
-import { answerClientError } from './middleware/errors';
 import { startSimulator, type Simulator } from './simulator/server';
 
 /** The longest the shutdown waits for the journal (Redis) to take its last writes. */
@@ -41,17 +40,12 @@ async function main(): Promise<void> {
   }
 
   const app = createApp(config, { logger: log });
-  const server =
+  const server = createHttpServer(
+    app,
     config.tlsCertFile && config.tlsKeyFile
-      ? https.createServer(
-          { cert: fs.readFileSync(config.tlsCertFile), key: fs.readFileSync(config.tlsKeyFile) },
-          app,
-        )
-      : http.createServer(app);
-  server.on('clientError', answerClientError);
-  // Streams may be quiet for a long time during reasoning; never let Node cut them.
-  server.requestTimeout = 0;
-  server.keepAliveTimeout = 65_000;
+      ? { cert: fs.readFileSync(config.tlsCertFile), key: fs.readFileSync(config.tlsKeyFile) }
+      : undefined,
+  );
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -7,8 +7,8 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { createApp, type ProxyApp } from '../../src/app';
 import { testConfig, type Config } from '../../src/config';
+import { createHttpServer } from '../../src/http-server';
 import { createLogger } from '../../src/log';
-import { answerClientError } from '../../src/middleware/errors';
 import { startSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/server';
 
 export const TEST_KEY = 'sk-test-9f8e7d6c5b4a39281706';
@@ -48,8 +48,7 @@ export async function startStack(
     ...overrides,
   });
   const app = createApp(config, { logger: createLogger('info', dest) });
-  const server = http.createServer(app);
-  server.on('clientError', answerClientError); // as src/server.ts does
+  const server = createHttpServer(app); // as src/server.ts does
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return {

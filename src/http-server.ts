@@ -1,0 +1,74 @@
+// http-server.ts: the HTTP(S) server that serves the app: server.ts listens with it, and the
+// bench and the tests build theirs here, so all three run the same server.
+//
+// Express gives every request and response the app's prototypes with Object.setPrototypeOf, on
+// every request. V8 then gives each req and res a hidden class of its own (a new map and
+// descriptor array, about 2 KiB per request), sometimes in dictionary mode, and every property
+// access on them, in Node's HTTP code as in Express, goes through megamorphic lookups
+// (expressjs/express#5998). Here Node builds req and res from classes whose prototypes ARE the
+// app's: Express's setPrototypeOf finds the prototype already set and changes nothing.
+
+import http from 'node:http';
+import https from 'node:https';
+import type { Express } from 'express';
+import { answerClientError } from './middleware/errors';
+
+export interface RequestClasses {
+  IncomingMessage: typeof http.IncomingMessage;
+  ServerResponse: typeof http.ServerResponse;
+}
+
+/**
+ * Make the app's request and response prototypes the prototypes of two classes Node can
+ * construct, and return the classes (for http.createServer's options). Called once, by
+ * createApp: `app.request` and `app.response` keep what Express put there (their prototypes,
+ * express.request and express.response, and `app`).
+ */
+export function bindRequestClasses(app: Express): RequestClasses {
+  // Subclasses, not functions calling the constructors: V8 sizes a derived class's objects from
+  // the whole constructor chain, so req and res keep their fields in-object (fast properties).
+  class ProxyRequest extends http.IncomingMessage {}
+  class ProxyResponse extends http.ServerResponse {}
+  adopt(ProxyRequest.prototype, app.request as object, app);
+  adopt(ProxyResponse.prototype, app.response as object, app);
+  (app as { request: unknown }).request = ProxyRequest.prototype;
+  (app as { response: unknown }).response = ProxyResponse.prototype;
+  return {
+    IncomingMessage: ProxyRequest,
+    ServerResponse: ProxyResponse as unknown as typeof http.ServerResponse,
+  };
+}
+
+/** `proto` takes the place of `current` (Object.create(express.x, { app })): same chain, same app. */
+function adopt(proto: object, current: object, app: Express): void {
+  Object.setPrototypeOf(proto, Object.getPrototypeOf(current) as object);
+  Object.defineProperty(proto, 'app', {
+    configurable: true,
+    enumerable: true,
+    writable: true,
+    value: app,
+  });
+}
+
+export interface TlsFiles {
+  cert: Buffer;
+  key: Buffer;
+}
+
+/**
+ * The server for `app` (built by createApp, so it has its request classes): HTTPS when `tls` is
+ * given. Malformed requests get the SPEC's JSON error; streams are never cut by Node's request
+ * timeout; idle keep-alive sockets stay 65 s (longer than the usual load balancer's 60 s).
+ */
+export function createHttpServer(
+  app: Express & { requestClasses: RequestClasses },
+  tls?: TlsFiles,
+): http.Server | https.Server {
+  const server = tls
+    ? https.createServer({ ...app.requestClasses, cert: tls.cert, key: tls.key }, app)
+    : http.createServer(app.requestClasses, app);
+  server.on('clientError', answerClientError);
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = 65_000;
+  return server;
+}

@@ -1,0 +1,168 @@
+// createHttpServer(): Node builds req and res from the app's own classes, so Express's per-request
+// Object.setPrototypeOf changes nothing (docs/BENCHMARKS.md, "Changes since the 18:03 run"). The
+// app must behave exactly as before: Express's request and response methods, per-app settings,
+// HTTPS, and the JSON answer to a malformed request.
+
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { createApp, type ProxyApp } from '../../src/app';
+import { testConfig, type Config } from '../../src/config';
+import { createHttpServer, type TlsFiles } from '../../src/http-server';
+import { createLogger } from '../../src/log';
+import { startSimulator, type Simulator } from '../../src/simulator/server';
+
+interface Arrival {
+  reqProto: object | null;
+  resProto: object | null;
+  req: http.IncomingMessage;
+}
+
+interface Served {
+  app: ProxyApp;
+  port: number;
+  arrivals: Arrival[];
+  close(): Promise<void>;
+}
+
+let sim: Simulator;
+const open: Served[] = [];
+
+beforeAll(async () => {
+  sim = await startSimulator();
+});
+afterAll(async () => {
+  for (const s of open) await s.close();
+  await sim.close();
+});
+
+async function serve(overrides: Partial<Config> = {}, tls?: TlsFiles): Promise<Served> {
+  const app = createApp(
+    testConfig({
+      deepseekBaseUrl: sim.url,
+      useSimulator: false,
+      rateLimitMax: 0,
+      maxStreamsPerClient: 0,
+      ...overrides,
+    }),
+    { logger: createLogger('silent') },
+  );
+  const server = createHttpServer(app, tls);
+  const arrivals: Arrival[] = [];
+  // Before Express sees them: what Node built.
+  server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    arrivals.push({
+      reqProto: Object.getPrototypeOf(req),
+      resProto: Object.getPrototypeOf(res),
+      req,
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const served: Served = {
+    app,
+    port: (server.address() as AddressInfo).port,
+    arrivals,
+    async close() {
+      await app.close();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  open.push(served);
+  return served;
+}
+
+function get(
+  port: number,
+  pathname: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: pathname, headers }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      })
+      .on('error', reject);
+  });
+}
+
+describe('createHttpServer', () => {
+  it("builds req and res with the app's prototypes, so Express has nothing to change", async () => {
+    const s = await serve();
+    const res = await get(s.port, '/v1/models');
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body).object).toBe('list');
+    expect(s.arrivals).toHaveLength(1);
+    expect(s.arrivals[0]!.reqProto).toBe(s.app.request);
+    expect(s.arrivals[0]!.resProto).toBe(s.app.response);
+    const req = s.arrivals[0]!.req as http.IncomingMessage & { app?: unknown };
+    expect(req).toBeInstanceOf(http.IncomingMessage);
+    expect(req.app).toBe(s.app);
+  });
+
+  it("keeps Express's request and response API: a stream, headers, JSON errors", async () => {
+    const s = await serve();
+    const stream = await get(s.port, '/chat-stream?format=sse&prompt=hi%20[[tokens=3]]');
+    expect(stream.status).toBe(200);
+    expect(stream.headers['content-type']).toMatch(/^text\/event-stream/);
+    expect(stream.headers['x-content-type-options']).toBe('nosniff');
+    expect(stream.body).toContain('event: done');
+    const missing = await get(s.port, '/nowhere');
+    expect(missing.status).toBe(404);
+    expect(missing.headers['content-type']).toMatch(/^application\/json/);
+    expect(JSON.parse(missing.body).error.code).toBe('not_found');
+  });
+
+  it('gives each app its own classes: two apps in one process keep their own settings', async () => {
+    const trusting = await serve({ trustProxy: 1 });
+    const direct = await serve({ trustProxy: false });
+    const forwarded = { 'X-Forwarded-For': '203.0.113.7' };
+    await get(trusting.port, '/healthz', forwarded);
+    await get(direct.port, '/healthz', forwarded);
+    const a = trusting.arrivals[0]!.req as http.IncomingMessage & { ip?: string; app?: unknown };
+    const b = direct.arrivals[0]!.req as http.IncomingMessage & { ip?: string; app?: unknown };
+    expect(a.app).toBe(trusting.app);
+    expect(b.app).toBe(direct.app);
+    expect(a.ip).toBe('203.0.113.7');
+    expect(b.ip).not.toBe('203.0.113.7');
+    expect(trusting.app.request).not.toBe(direct.app.request);
+  });
+
+  it('serves HTTPS with the same classes', async () => {
+    const dir = path.join(__dirname, '..', 'fixtures');
+    const cert = fs.readFileSync(path.join(dir, 'tls-cert.pem'));
+    const s = await serve({}, { cert, key: fs.readFileSync(path.join(dir, 'tls-key.pem')) });
+    const status = await new Promise<number>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port: s.port, path: '/healthz', ca: cert }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        })
+        .on('error', reject);
+    });
+    expect(status).toBe(200);
+    expect(s.arrivals[0]!.reqProto).toBe(s.app.request);
+  });
+
+  it('answers a malformed request with the JSON 400', async () => {
+    const s = await serve();
+    const reply = await new Promise<string>((resolve, reject) => {
+      const sock = net.connect(s.port, '127.0.0.1', () =>
+        sock.write('GET / HTTP/1.1\r\nBad Header\r\n\r\n'),
+      );
+      let got = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (c: string) => (got += c));
+      sock.on('close', () => resolve(got));
+      sock.on('error', reject);
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(reply).toContain('"code":"invalid_request"');
+  });
+});
