@@ -1,9 +1,10 @@
 // bench/proxy-child.ts: the proxy under test in its own process, so its CPU time and memory can be
-// read from /proc. createApp() and createHttpServer() as server.ts builds them, pointed at the simulator, with the limits
-// that would refuse a load test lifted (rate limit, per-client cap, total cap, upstream pool) and
-// heartbeats out of the way. BENCH_UPSTREAM is the simulator's URL; BENCH_PROXY_CONFIG (JSON)
-// overrides any Config field (`npm run bench -- --set upstreamMaxSockets=256`); the second proxy,
-// for the `sse-redis` target, is this same child given a redisUrl there.
+// read from /proc. createApp() and createHttpServer() as server.ts builds them, pointed at the
+// simulator, with the limits that would refuse a load test lifted (rate limit, per-client cap,
+// total cap, upstream pool) and heartbeats out of the way. BENCH_UPSTREAM is the simulator's URL;
+// BENCH_PROXY_CONFIG (JSON) overrides any Config field (`npm run bench -- --set
+// upstreamMaxSockets=256`); the second proxy, for the `sse-redis` target, is this same child given
+// a redisUrl there.
 
 import type { AddressInfo } from 'node:net';
 import { createApp } from '../src/app';
@@ -32,7 +33,7 @@ async function main(): Promise<void> {
   });
   const app = createApp(config);
   // The server server.ts runs (its request classes, timeouts and clientError answer).
-  const server = createHttpServer(app);
+  const server = createHttpServer(app, config.requestTimeoutMs);
   await new Promise<void>((resolve) =>
     // A backlog for 1000 connections arriving at once (Node's default is 511).
     server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve),

@@ -87,6 +87,7 @@ const schema = z.object({
   CORS_ORIGINS: list([]),
   TRUST_PROXY: z.string().trim().default('false'),
   SHUTDOWN_GRACE_MS: ms(25000),
+  REQUEST_TIMEOUT_MS: ms(60000, 100),
   TLS_CERT_FILE: optional,
   TLS_KEY_FILE: optional,
   SIMULATOR_TOKEN_DELAY_MS: ms(30),
@@ -134,6 +135,8 @@ export interface Config {
   corsOrigins: readonly string[];
   trustProxy: boolean | number | string;
   shutdownGraceMs: number;
+  /** The longest a client may take to send a whole request (headers and body): 408 after it. */
+  requestTimeoutMs: number;
   tlsCertFile: string | undefined;
   tlsKeyFile: string | undefined;
   simulatorTokenDelayMs: number;
@@ -264,6 +267,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     corsOrigins: Object.freeze(e.CORS_ORIGINS),
     trustProxy: parseTrustProxy(e.TRUST_PROXY),
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     tlsCertFile: e.TLS_CERT_FILE,
     tlsKeyFile: e.TLS_KEY_FILE,
     simulatorTokenDelayMs: e.SIMULATOR_TOKEN_DELAY_MS,

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'method_not_allowed'
   | 'request_id_conflict'
   | 'stream_expired'
+  | 'request_timeout'
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'rate_limited'
@@ -37,6 +38,7 @@ export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
   method_not_allowed: 405,
   request_id_conflict: 409,
   stream_expired: 410,
+  request_timeout: 408,
   payload_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,
@@ -92,6 +94,40 @@ export class ProxyError extends Error {
 
 export interface ErrorBody {
   error: { code: ErrorCode; message: string; requestId?: string } & Record<string, unknown>;
+}
+
+/** The same error with another message (all else kept). */
+export function withMessage(err: ProxyError, message: string): ProxyError {
+  return new ProxyError(err.code, message, {
+    retryAfterS: err.retryAfterS,
+    upstreamStatus: err.upstreamStatus,
+    details: err.details,
+    cause: err.cause,
+  });
+}
+
+/** Runs of a secret this long or longer are hidden: a quote cut short keeps a piece of it. */
+const SECRET_PIECE = 8;
+
+/**
+ * A function that hides `secret` in text that came from elsewhere (an upstream's error message, a
+ * malformed event we quote back): the whole secret, and any run of SECRET_PIECE or more of its
+ * characters, in any format the upstream might echo it (with or without its `sk-`). Identity
+ * without a secret. Error paths only: it tries every piece of the secret.
+ */
+export function secretRedactor(secret: string | undefined): (text: string) => string {
+  if (!secret) return (text) => text;
+  const min = Math.min(SECRET_PIECE, secret.length);
+  return (text) => {
+    // Longest first: a whole secret becomes one mark, not several.
+    for (let len = secret.length; len >= min && text.length >= min; len--) {
+      for (let at = 0; at + len <= secret.length; at++) {
+        const piece = secret.slice(at, at + len);
+        if (text.includes(piece)) text = text.split(piece).join('[redacted]');
+      }
+    }
+    return text;
+  };
 }
 
 /** The SPEC's JSON error body. */

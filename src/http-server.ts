@@ -57,18 +57,28 @@ export interface TlsFiles {
 
 /**
  * The server for `app` (built by createApp, so it has its request classes): HTTPS when `tls` is
- * given. Malformed requests get the SPEC's JSON error; streams are never cut by Node's request
- * timeout; idle keep-alive sockets stay 65 s (longer than the usual load balancer's 60 s).
+ * given. Malformed and too slow requests get the SPEC's JSON error (400, 408); idle keep-alive
+ * sockets stay 65 s (longer than the usual load balancer's 60 s).
  */
 export function createHttpServer(
   app: Express & { requestClasses: RequestClasses },
+  requestTimeoutMs: number,
   tls?: TlsFiles,
 ): http.Server | https.Server {
+  const options = {
+    ...app.requestClasses,
+    // How often Node looks for requests past their time (its default, 30 s, is coarse).
+    connectionsCheckingInterval: Math.min(30_000, Math.max(50, Math.floor(requestTimeoutMs / 4))),
+  };
   const server = tls
-    ? https.createServer({ ...app.requestClasses, cert: tls.cert, key: tls.key }, app)
-    : http.createServer(app.requestClasses, app);
+    ? https.createServer({ ...options, cert: tls.cert, key: tls.key }, app)
+    : http.createServer(options, app);
   server.on('clientError', answerClientError);
-  server.requestTimeout = 0;
+  // Node's requestTimeout covers receiving the request only, never the response: a stream runs
+  // for as long as it runs. Without it (it was 0) a client sending its body a byte at a time
+  // held a socket forever. headersTimeout must not exceed it.
+  server.requestTimeout = requestTimeoutMs;
+  server.headersTimeout = Math.min(server.headersTimeout, requestTimeoutMs);
   server.keepAliveTimeout = 65_000;
   return server;
 }

@@ -19,6 +19,17 @@ export const REDACT_PATHS = [
   'err.config',
   'err.request',
   'err.response',
+  // One level down too: a config, headers or an axios error logged under another name.
+  '*.apiKey',
+  '*.deepseekApiKey',
+  '*.signingSecret',
+  '*.proxyApiKeys',
+  '*.authorization',
+  '*.headers.authorization',
+  '*.headers.Authorization',
+  '*.config',
+  '*.request',
+  '*.response',
 ];
 
 export function createLogger(level: string, destination?: DestinationStream): Logger {

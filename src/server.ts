@@ -2,6 +2,7 @@
 // then graceful shutdown on SIGTERM/SIGINT: readiness fails, new streams are refused, active
 // ones get SHUTDOWN_GRACE_MS to finish, the rest end with an in-band `shutting_down` error.
 
+import cluster from 'node:cluster';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,6 +12,9 @@ import { ConfigError, loadConfig, type Config } from './config';
 import { createHttpServer } from './http-server';
 import { createLogger } from './log';
 import { startSimulator, type Simulator } from './simulator/server';
+
+/** Connections waiting to be accepted (docs/operations.md, "Bursts of connections"). */
+const LISTEN_BACKLOG = 4096;
 
 /** The longest the shutdown waits for the journal (Redis) to take its last writes. */
 const JOURNAL_CLOSE_MS = 2000;
@@ -39,9 +43,16 @@ async function main(): Promise<void> {
     );
   }
 
+  if (cluster.isWorker && !config.redisUrl) {
+    log.warn(
+      'a cluster worker without REDIS_URL: rate limits, stream caps, replay protection, ' +
+        'X-Request-ID idempotency and resume count per worker (docs/operations.md, PM2)',
+    );
+  }
   const app = createApp(config, { logger: log });
   const server = createHttpServer(
     app,
+    config.requestTimeoutMs,
     config.tlsCertFile && config.tlsKeyFile
       ? { cert: fs.readFileSync(config.tlsCertFile), key: fs.readFileSync(config.tlsKeyFile) }
       : undefined,
@@ -49,7 +60,9 @@ async function main(): Promise<void> {
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(config.port, config.host, resolve);
+    // A burst of connections larger than Node's default backlog (511) lost SYNs, each retried by
+    // the client's kernel a second later; the kernel caps this at net.core.somaxconn.
+    server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
   });
   const port = (server.address() as AddressInfo).port;
   // Under PM2 every worker shares PORT; METRICS_PORT (incremented per worker) gives each its own
@@ -79,7 +92,14 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const shutdown = async (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second Ctrl-C: the person at the terminal does not want to wait for the drain.
+      if (signal === 'SIGINT') {
+        log.warn('second SIGINT: exiting without waiting for the drain');
+        process.exit(130);
+      }
+      return;
+    }
     stopping = true;
     log.info({ signal, activeStreams: app.service.active.size }, 'shutting down');
     const deadline = Date.now() + config.shutdownGraceMs;

@@ -3,7 +3,7 @@
 // shutdown, and writes the one log line per finished stream.
 
 import type { Config } from './config';
-import { ProxyError } from './errors';
+import { ProxyError, secretRedactor } from './errors';
 import type { Logger } from './log';
 import type { Metrics } from './metrics';
 import { ChatStream, type EngineSettings, type StreamListener } from './stream/chat-stream';
@@ -37,6 +37,7 @@ export function engineSettings(c: Config): EngineSettings {
     maxEventBytes: c.maxEventBytes,
     // The head goes out alone when a heartbeat would be due: proxies see the stream open.
     headHoldMs: c.heartbeatMs,
+    redact: secretRedactor(c.deepseekApiKey),
   };
 }
 
@@ -83,8 +84,10 @@ export class ChatService {
     opts?: {
       /** Continue an answer that starts with this text (a stream taken over from a worker). */
       prefix?: string;
-      /** Its tokens, for max_tokens. */
+      /** The tokens before its end, reasoning included, for max_tokens. */
       prefixTokens?: number;
+      /** Of those, the answer's. */
+      prefixAnswerTokens?: number;
       /** `body` already serialised; sent as is. */
       json?: string;
     },
@@ -136,7 +139,10 @@ export class ChatService {
     const st = s.stats;
     const durationMs = Date.now() - st.startedAt;
     this.metrics?.streamFinished(meta.route, st, durationMs);
-    this.log.info(
+    // A bug inside the stream: the same one line, at error level, with what it was.
+    const cause = st.cause;
+    const level = cause === undefined ? 'info' : 'error';
+    this.log[level](
       {
         requestId: meta.requestId,
         route: meta.route,
@@ -155,6 +161,14 @@ export class ChatService {
         retries: st.retries,
         resumes: st.resumes,
         upstreamRequests: st.upstreamRequests,
+        ...(cause === undefined
+          ? {}
+          : {
+              err:
+                cause instanceof Error
+                  ? { message: cause.message, stack: cause.stack }
+                  : { message: String(cause) },
+            }),
       },
       'stream finished',
     );

@@ -100,7 +100,15 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
   // in turn, unless it told the client `Connection: close` (anything after that is garbage to
   // the client): then just close. Node's own handler holds back for an in-flight answer too.
   const inFlight = (socket as Duplex & { _httpMessage?: http.ServerResponse | null })._httpMessage;
-  if (inFlight) {
+  const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT';
+  if (timedOut && inFlight) {
+    // The answer in flight is this very request's, waiting for a body that is not coming: it
+    // would never finish. Answer in its place if it has written nothing (as Node does), else cut.
+    if (inFlight.headersSent) {
+      socket.destroy();
+      return;
+    }
+  } else if (inFlight) {
     if (!inFlight.writableFinished) {
       inFlight.once('finish', () => answerClientError(err, socket));
       inFlight.once('close', () => {
@@ -120,7 +128,9 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
           `the request line and headers are over ${http.maxHeaderSize} bytes: ` +
             'send a long prompt in a POST body',
         )
-      : new ProxyError('invalid_request', 'malformed HTTP request');
+      : timedOut
+        ? new ProxyError('request_timeout', 'the request took too long to arrive')
+        : new ProxyError('invalid_request', 'malformed HTTP request');
   const id = randomUUID();
   const body = JSON.stringify(errorBody(e, id));
   socket.end(
@@ -128,5 +138,9 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
       'Content-Type: application/json; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${id}\r\n` +
       `Connection: close\r\n\r\n${body}`,
+    // A timed-out request still has its handler waiting on the socket: free it once written.
+    () => {
+      if (timedOut) socket.destroy();
+    },
   );
 }

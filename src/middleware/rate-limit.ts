@@ -184,9 +184,19 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
       released = true;
       for (; held > 0; held--) slots.release(client);
     };
-    // A request that runs several streams (a batch) takes one slot for each.
-    res.locals.takeMoreSlots = async (n: number): Promise<void> => {
-      for (let i = 0; i < n; i++) if (!(await take())) return;
+    // A request that runs several streams (a batch) takes a slot for each it runs at once: up to
+    // `n` more, as many as the cap allows (it runs the rest as those end). How many it got.
+    res.locals.takeMoreSlots = async (n: number): Promise<number> => {
+      let got = 0;
+      while (got < n && !released && (await slots.acquire(client, max))) {
+        if (released) {
+          slots.release(client);
+          break;
+        }
+        held++;
+        got++;
+      }
+      return got;
     };
     // A stream the client left may go on generating for the resume grace: it keeps its slot
     // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would

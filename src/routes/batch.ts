@@ -1,12 +1,13 @@
 // routes/batch.ts: POST /chat-stream/batch runs 1 to 8 prompts concurrently and interleaves
 // their events in one SSE (or NDJSON) response; every event carries its prompt's `index`, each
 // prompt ends with its own done or error, and a final `end` closes the batch. Batches are not
-// journaled (no resume); each prompt counts against the global and the per-client stream caps.
-// SSE batches get `: ping` heartbeats while no prompt sends anything.
+// journaled (no resume); each prompt counts against the global and the per-client stream caps,
+// and a batch runs at once as many prompts as the client's cap leaves room for, the rest as those
+// end. Heartbeats while no prompt sends anything (`: ping` in SSE, a ping line in NDJSON).
 
 import { type IRouter, Router } from 'express';
 import type { Config } from '../config';
-import { ProxyError } from '../errors';
+import { ProxyError, withMessage } from '../errors';
 import { clientGone, methodNotAllowed } from '../middleware/errors';
 import { heartbeatTickMs } from '../format/response-sink';
 import type { ChatService } from '../service';
@@ -23,6 +24,8 @@ interface BatchFormat {
   contentType: string;
   frame(kind: Kind, index: number, fields: string): string;
   end: string;
+  /** A heartbeat: no event, keeps reverse proxies from cutting a quiet batch. */
+  ping: string;
 }
 
 // `fields` is the inside of a JSON object (without braces) that follows `"index":N`.
@@ -31,12 +34,14 @@ const SSE: BatchFormat = {
   frame: (kind, index, fields) =>
     `${kind === 'content' ? '' : `event: ${kind}\n`}data: {"index":${index},${fields}}\n\n`,
   end: 'event: end\ndata: {}\n\n',
+  ping: ': ping\n\n',
 };
 
 const NDJSON: BatchFormat = {
   contentType: 'application/x-ndjson; charset=utf-8',
   frame: (kind, index, fields) => `{"index":${index},"type":"${kind}",${fields}}\n`,
   end: '{"type":"end"}\n',
+  ping: '{"type":"ping"}\n',
 };
 
 export function batchRouter(
@@ -62,25 +67,44 @@ export function batchRouter(
         `"prompts" must be an array of 1 to ${MAX_PROMPTS} prompts`,
       );
     }
-    const { prompts: _p, messages: _m, format: _f, ...shared } = src;
-    const bodies = prompts.map((prompt) =>
-      buildUpstreamBody(
-        parseChatStreamRequest({ ...shared, prompt }, false, 'text/plain', config).params,
-      ),
-    );
+    if (src.messages !== undefined) {
+      throw new ProxyError(
+        'invalid_request',
+        'a batch takes "prompts" (strings); "messages" is for POST /chat-stream',
+      );
+    }
+    if (src.format !== undefined && src.format !== 'sse' && src.format !== 'ndjson') {
+      throw new ProxyError('invalid_request', '"format" must be "sse" or "ndjson"');
+    }
+    const { prompts: _p, format: _f, ...shared } = src;
+    const bodies = prompts.map((prompt, index) => {
+      try {
+        return buildUpstreamBody(
+          parseChatStreamRequest({ ...shared, prompt }, false, 'text/plain', config).params,
+        );
+      } catch (err) {
+        // Which prompt: the message says so (the options shared by all fail on the first).
+        if (err instanceof ProxyError) throw withMessage(err, `prompts[${index}]: ${err.message}`);
+        throw err;
+      }
+    });
+    // As on /chat-stream, `format` wins over Accept.
     const ndjson =
-      src.format === 'ndjson' || (req.headers.accept ?? '').includes('application/x-ndjson');
+      src.format === 'ndjson' ||
+      (src.format === undefined && (req.headers.accept ?? '').includes('application/x-ndjson'));
     const format = ndjson ? NDJSON : SSE;
     for (let i = 0; i < bodies.length; i++) service.admit(i);
-    // The request holds one of the client's stream slots already (middleware/rate-limit.ts).
-    const takeMoreSlots = res.locals.takeMoreSlots as ((n: number) => Promise<void>) | undefined;
-    await takeMoreSlots?.(bodies.length - 1);
+    // The request holds one of the client's stream slots already (middleware/rate-limit.ts). It
+    // takes one more for each other prompt it can run at once: a batch larger than what the
+    // client's cap leaves runs its prompts as slots free up, in order, never above the cap.
+    const takeMoreSlots = res.locals.takeMoreSlots as ((n: number) => Promise<number>) | undefined;
+    const atOnce = 1 + (takeMoreSlots ? await takeMoreSlots(bodies.length - 1) : bodies.length - 1);
     // The guards and the slots above may have waited on Redis. A client that left meanwhile
     // fired its 'close' already, so the handler below would never hear it and the prompts would
     // run (and be billed) unread; and a drain that began meanwhile found them not yet active,
     // so they would be cut at exit with no error. Check both again before starting anything.
     if (clientGone(res)) return;
-    for (let i = 0; i < bodies.length; i++) service.admit(i);
+    for (let i = 0; i < atOnce; i++) service.admit(i);
 
     const requestId = res.locals.requestId as string;
     res.writeHead(200, {
@@ -93,29 +117,34 @@ export function batchRouter(
 
     const streams: ChatStream[] = [];
     let paused = false;
+    let closed = false;
     res.on('drain', () => {
       paused = false;
       for (const s of streams) s.resume();
     });
     res.on('close', () => {
-      if (!res.writableFinished) for (const s of streams) s.abort();
+      if (res.writableFinished) return;
+      closed = true;
+      for (const s of streams) s.abort();
     });
-    // Heartbeats (SSE only: NDJSON has no comment line), as on /chat-stream.
+    // Heartbeats while no prompt sends anything: a `: ping` comment in SSE, a `{"type":"ping"}`
+    // line in NDJSON (which has no comments), as on /chat-stream.
     let wrote = false;
-    const heartbeat = ndjson
-      ? undefined
-      : setInterval(() => {
-          // As ResponseSink: a ping counts as a write (one per HEARTBEAT_MS of silence).
-          if (!wrote && !res.destroyed) {
-            res.write(': ping\n\n');
-            wrote = true;
-          } else wrote = false;
-        }, heartbeatTickMs(config.heartbeatMs));
-    heartbeat?.unref();
+    let bytesOut = 0;
+    const heartbeat = setInterval(() => {
+      // As ResponseSink: a ping counts as a write (one per HEARTBEAT_MS of silence).
+      if (!wrote && !res.destroyed) {
+        bytesOut += format.ping.length;
+        res.write(format.ping);
+        wrote = true;
+      } else wrote = false;
+    }, heartbeatTickMs(config.heartbeatMs));
+    heartbeat.unref();
     res.on('close', () => clearInterval(heartbeat));
     const write = (text: string): boolean => {
       if (res.destroyed) return true;
       wrote = true;
+      bytesOut += Buffer.byteLength(text);
       const ok = res.write(text);
       if (!ok && !paused) {
         paused = true;
@@ -124,21 +153,42 @@ export function batchRouter(
       return ok;
     };
 
-    await Promise.all(
-      bodies.map((body, index) =>
-        service.run(
+    // `atOnce` runners take the prompts in order; each runs one at a time.
+    let next = 0;
+    const runner = async (): Promise<void> => {
+      while (next < bodies.length && !closed) {
+        const index = next++;
+        const body = bodies[index]!;
+        const listener = batchListener(index, format, write);
+        if (index >= atOnce) {
+          // Waited for a slot: the server may have filled up or begun to drain meanwhile.
+          try {
+            service.admit();
+          } catch (err) {
+            if (!(err instanceof ProxyError)) throw err;
+            listener.fail(err, false);
+            continue;
+          }
+        }
+        await service.run(
           body,
-          batchListener(index, format, write),
+          listener,
           {
             requestId: `${requestId}#${index}`,
             route: '/chat-stream/batch',
             format: ndjson ? 'ndjson' : 'sse',
             model: body.model,
+            status: () => res.statusCode,
+            bytesOut: () => bytesOut,
           },
-          (s) => streams.push(s),
-        ),
-      ),
-    );
+          (s) => {
+            streams.push(s);
+            if (paused) s.pause();
+          },
+        );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(atOnce, bodies.length) }, runner));
     clearInterval(heartbeat);
     if (!res.destroyed) res.end(format.end);
   });

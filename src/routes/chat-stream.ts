@@ -342,12 +342,16 @@ export function chatStreamRouter(
       journal.handoff(meta.id);
       throw err;
     }
+    // The answer so far is the prefix; max_tokens counts the reasoning before it too.
     let prefix = '';
     let prefixTokens = 0;
+    let prefixAnswerTokens = 0;
     for (const ev of events) {
+      if (ev.kind === 'reasoning') prefixTokens++;
       if (ev.kind !== 'content') continue;
       prefix += ev.data;
       prefixTokens++;
+      prefixAnswerTokens++;
     }
     const body = JSON.parse(meta.request) as UpstreamBody;
     let stream: ChatStream | undefined;
@@ -375,7 +379,7 @@ export function chatStreamRouter(
         (s) => {
           stream = s;
         },
-        { prefix, prefixTokens },
+        { prefix, prefixTokens, prefixAnswerTokens },
       )
       .then(() => recorder.abandoned());
     // Nobody is attached directly: resumed clients follow the journal, and count as followers.

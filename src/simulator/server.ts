@@ -199,15 +199,27 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
     const thinkingOn = prefix === undefined && body.thinking?.type !== 'disabled'; // V4: thinking on by default
     const answer = simulateAnswer(prompt, { thinking: thinkingOn });
     const seed = seedOf(prompt);
-    const reasoningCount = thinkingOn ? answer.reasoning.length : 0;
+    // max_tokens bounds what this request generates, the chain of thought included (as DeepSeek
+    // counts it): reasoning comes first, the answer gets what is left; for a prefix completion,
+    // the continuation.
+    const budget = typeof body.max_tokens === 'number' ? body.max_tokens : Infinity;
+    const fullReasoning = thinkingOn ? answer.reasoning.length : 0;
+    const reasoningCount = Math.min(fullReasoning, budget);
     // Content tokens to emit: all of them, or what follows the prefix.
     let contentTokens: string[] = answer.content;
     if (prefix !== undefined) contentTokens = continuation(answer.content, prefix, seed);
-    // max_tokens bounds what this request generates: for a prefix completion, the continuation.
+    const contentBudget = budget - reasoningCount;
     const finishReason =
-      body.max_tokens != null && body.max_tokens < contentTokens.length ? 'length' : 'stop';
-    if (finishReason === 'length') contentTokens = contentTokens.slice(0, body.max_tokens);
-    const promptTokens = Math.ceil(prompt.length / 4);
+      reasoningCount < fullReasoning || contentBudget < contentTokens.length ? 'length' : 'stop';
+    if (finishReason === 'length') contentTokens = contentTokens.slice(0, contentBudget);
+    // The prompt is the messages, the prefix included (the answer so far, given back).
+    const prefixTokens =
+      prefix === undefined
+        ? 0
+        : answer.text.startsWith(prefix)
+          ? answer.content.length - continuation(answer.content, prefix, seed).length
+          : Math.ceil(prefix.length / 4);
+    const promptTokens = Math.ceil(prompt.length / 4) + prefixTokens;
     const usageOf = (completion: number) => ({
       prompt_tokens: promptTokens,
       completion_tokens: reasoningCount + completion,
@@ -228,7 +240,9 @@ export async function startSimulator(opts: SimulatorOptions = {}): Promise<Simul
             message: {
               role: 'assistant',
               content: contentTokens.join(''),
-              reasoning_content: thinkingOn ? answer.reasoningText : null,
+              reasoning_content: thinkingOn
+                ? answer.reasoning.slice(0, reasoningCount).join('')
+                : null,
             },
             logprobs: null,
             finish_reason: faulty && d.finish !== undefined ? d.finish : finishReason,

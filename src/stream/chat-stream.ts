@@ -5,7 +5,7 @@
 
 import type { Readable } from 'node:stream';
 import { isAxiosError } from 'axios';
-import { ProxyError, type ErrorCode } from '../errors';
+import { ProxyError, withMessage, type ErrorCode } from '../errors';
 import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../upstream/deepseek';
 import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../upstream/client';
 import { prefixContinuationBody, remainingMaxTokens, type UpstreamBody } from '../upstream/request';
@@ -68,6 +68,11 @@ export interface EngineSettings {
    * begins anyway (so clients and reverse proxies see it open during a long queue).
    */
   headHoldMs: number;
+  /**
+   * Hides the DeepSeek key in a failure's message before the client sees it (the upstream's own
+   * error text, or an event of its that we quote, could carry it). Default: shown as is.
+   */
+  redact?: (text: string) => string;
 }
 
 export type Outcome =
@@ -84,6 +89,8 @@ export interface StreamStats {
   outcome: Outcome;
   errorCode: ErrorCode | undefined;
   finishReason: string | undefined;
+  /** What an internal_error came from (for the log line only). */
+  cause?: unknown;
 }
 
 /** How one upstream attempt ended. */
@@ -113,8 +120,16 @@ export class ChatStream implements DeltaSink {
   private sentToken = false;
   /** A tool-call delta came: the answer can no longer be continued upstream. */
   private toolCalled = false;
-  /** Answer tokens relayed (one per content chunk, as DeepSeek sends them): max_tokens left. */
+  /** Answer tokens relayed (one per content chunk, as DeepSeek sends them). */
   private answerTokens = 0;
+  /**
+   * Tokens generated, reasoning included (DeepSeek's max_tokens counts the chain of thought):
+   * what is left of max_tokens for a continuation.
+   */
+  private outputTokens = 0;
+  /** At a continuation: the tokens before it, all and answer only (see spliceUsage). */
+  private splicedOutput = 0;
+  private splicedAnswer = 0;
   private finishReason: string | undefined;
   private usageSeen: Usage | undefined;
   private controller: UpstreamAbort | undefined;
@@ -159,14 +174,17 @@ export class ChatStream implements DeltaSink {
     opts: {
       /** Continue this answer (chat prefix completion) instead of starting a new one. */
       prefix?: string;
-      /** The tokens of `prefix` (they count against the request's max_tokens). */
+      /** The tokens before `prefix`'s end, reasoning included (they count against max_tokens). */
       prefixTokens?: number;
+      /** Of those, the answer's (the tokens of `prefix` itself). */
+      prefixAnswerTokens?: number;
       /** `body` already serialised. */
       json?: string;
     } = {},
   ) {
     if (opts.prefix) this.answerParts.push(opts.prefix);
-    this.answerTokens = opts.prefixTokens ?? 0;
+    this.answerTokens = opts.prefixAnswerTokens ?? opts.prefixTokens ?? 0;
+    this.outputTokens = opts.prefixTokens ?? 0;
     this.json = opts.json;
     this.client = client;
     this.s = settings;
@@ -300,8 +318,10 @@ export class ChatStream implements DeltaSink {
     this.held = undefined;
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
     const body = resuming
-      ? prefixContinuationBody(this.body, this.answerParts.join(''), this.answerTokens)
+      ? prefixContinuationBody(this.body, this.answerParts.join(''), this.outputTokens)
       : (this.json ?? this.body);
+    this.splicedOutput = resuming ? this.outputTokens : 0;
+    this.splicedAnswer = resuming ? this.answerTokens : 0;
     const controller = new UpstreamAbort();
     this.controller = controller;
     this.stats.upstreamRequests++;
@@ -460,6 +480,8 @@ export class ChatStream implements DeltaSink {
 
   chunk(data: string): void {
     if (!this.forwardChunks) return;
+    // A continuation's usage counts only itself: the chunk passed through says the whole answer's.
+    if (this.splicedOutput > 0 && data.includes('"usage"')) data = this.spliceUsageIn(data);
     if (this.holdChunks) {
       this.held = data;
       return;
@@ -499,6 +521,7 @@ export class ChatStream implements DeltaSink {
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
     this.answerTokens++;
+    this.outputTokens++;
     if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
     if (!this.forwardChunks) {
       if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
@@ -514,6 +537,7 @@ export class ChatStream implements DeltaSink {
     if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
+    this.outputTokens++;
     if (!this.forwardChunks) {
       if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
         this.joinPair(text, true);
@@ -567,7 +591,7 @@ export class ChatStream implements DeltaSink {
 
   finish(reason: string, usage: Usage | undefined): void {
     if (this.holdChunks && reason !== CUT_OFF_FINISH) this.releaseHeld();
-    if (usage) this.usageSeen = usage;
+    if (usage) this.usageSeen = this.spliceUsage(usage);
     if (NORMAL_FINISH.has(reason)) {
       this.finishReason = reason;
       return;
@@ -585,7 +609,7 @@ export class ChatStream implements DeltaSink {
 
   usage(usage: Usage): void {
     if (this.holdChunks) this.releaseHeld();
-    this.usageSeen = usage;
+    this.usageSeen = this.spliceUsage(usage);
   }
 
   done(): void {
@@ -606,6 +630,42 @@ export class ChatStream implements DeltaSink {
   }
 
   // ---- helpers, out of the hot path ---------------------------------------------------
+
+  /**
+   * A continuation's usage describes that request only: its prompt holds the answer so far, its
+   * completion only what came after. For the client, the answer's usage is the first request's
+   * prompt and every token generated: completion += the tokens before the splice (reasoning
+   * included), prompt -= the answer tokens it was given back. Counted as DeepSeek streams them,
+   * one token per chunk. Changes `usage` (the interpreter's own parse) and returns it.
+   */
+  private spliceUsage(usage: Usage): Usage {
+    const before = this.splicedOutput;
+    if (before === 0) return usage;
+    const completion = usage.completion_tokens;
+    const prompt = usage.prompt_tokens;
+    if (typeof completion === 'number') usage.completion_tokens = completion + before;
+    if (typeof prompt === 'number') usage.prompt_tokens = Math.max(0, prompt - this.splicedAnswer);
+    if (typeof usage.prompt_tokens === 'number' && typeof usage.completion_tokens === 'number') {
+      usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    }
+    const details = usage.completion_tokens_details as { reasoning_tokens?: unknown } | undefined;
+    if (details && typeof details.reasoning_tokens === 'number') {
+      details.reasoning_tokens += before - this.splicedAnswer;
+    }
+    return usage;
+  }
+
+  /** spliceUsage for a chunk passed through as JSON text (slow path: usage chunks only). */
+  private spliceUsageIn(data: string): string {
+    try {
+      const chunk = JSON.parse(data) as { usage?: unknown };
+      if (chunk.usage === null || typeof chunk.usage !== 'object') return data;
+      this.spliceUsage(chunk.usage as Usage);
+      return JSON.stringify(chunk);
+    } catch {
+      return data; // not this code's to judge: the interpreter reports it
+    }
+  }
 
   private firstToken(): void {
     if (!this.opened) this.begin();
@@ -647,7 +707,7 @@ export class ChatStream implements DeltaSink {
     )
       return false;
     // The client's max_tokens is spent: there is nothing left to ask for.
-    const left = remainingMaxTokens(this.body, this.answerTokens);
+    const left = remainingMaxTokens(this.body, this.outputTokens);
     if (left !== undefined && left < 1) return false;
     return isRetryable(f);
   }
@@ -674,8 +734,11 @@ export class ChatStream implements DeltaSink {
     if (this.stats.outcome === 'failed') return;
     this.stats.outcome = 'failed';
     this.stats.errorCode = err.code;
+    // A bug: the log line says what it was (the client gets a bland internal_error).
+    if (err.code === 'internal_error') this.stats.cause = err.cause;
     if (this.opened) this.releasePair();
-    this.listener.fail(err, this.opened);
+    const message = this.s.redact ? this.s.redact(err.message) : err.message;
+    this.listener.fail(message === err.message ? err : withMessage(err, message), this.opened);
   }
 
   private teardown(): void {

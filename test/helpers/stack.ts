@@ -48,7 +48,7 @@ export async function startStack(
     ...overrides,
   });
   const app = createApp(config, { logger: createLogger('info', dest) });
-  const server = createHttpServer(app); // as src/server.ts does
+  const server = createHttpServer(app, config.requestTimeoutMs); // as src/server.ts does
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return {

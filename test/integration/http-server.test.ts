@@ -40,17 +40,16 @@ afterAll(async () => {
 });
 
 async function serve(overrides: Partial<Config> = {}, tls?: TlsFiles): Promise<Served> {
-  const app = createApp(
-    testConfig({
-      deepseekBaseUrl: sim.url,
-      useSimulator: false,
-      rateLimitMax: 0,
-      maxStreamsPerClient: 0,
-      ...overrides,
-    }),
-    { logger: createLogger('silent') },
-  );
-  const server = createHttpServer(app, tls);
+  const config = testConfig({
+    requestTimeoutMs: 400,
+    deepseekBaseUrl: sim.url,
+    useSimulator: false,
+    rateLimitMax: 0,
+    maxStreamsPerClient: 0,
+    ...overrides,
+  });
+  const app = createApp(config, { logger: createLogger('silent') });
+  const server = createHttpServer(app, config.requestTimeoutMs, tls);
   const arrivals: Arrival[] = [];
   // Before Express sees them: what Node built.
   server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -152,17 +151,48 @@ describe('createHttpServer', () => {
 
   it('answers a malformed request with the JSON 400', async () => {
     const s = await serve();
-    const reply = await new Promise<string>((resolve, reject) => {
-      const sock = net.connect(s.port, '127.0.0.1', () =>
-        sock.write('GET / HTTP/1.1\r\nBad Header\r\n\r\n'),
-      );
-      let got = '';
-      sock.setEncoding('utf8');
-      sock.on('data', (c: string) => (got += c));
-      sock.on('close', () => resolve(got));
-      sock.on('error', reject);
-    });
+    const reply = await rawExchange(s.port, 'GET / HTTP/1.1\r\nBad Header\r\n\r\n');
     expect(reply).toMatch(/^HTTP\/1\.1 400 /);
     expect(reply).toContain('"code":"invalid_request"');
   });
+
+  it('answers 408 to a request whose body takes longer than REQUEST_TIMEOUT_MS', async () => {
+    const s = await serve(); // requestTimeoutMs: 400
+    const started = Date.now();
+    const reply = await rawExchange(
+      s.port,
+      'POST /chat-stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 100\r\n\r\n{"pro',
+    );
+    expect(reply).toMatch(/^HTTP\/1\.1 408 /);
+    expect(reply).toContain('"code":"request_timeout"');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it('answers 408 to headers that never end', async () => {
+    const s = await serve();
+    const reply = await rawExchange(s.port, 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    expect(reply).toMatch(/^HTTP\/1\.1 408 /);
+  });
+
+  it('never cuts a response that runs longer than REQUEST_TIMEOUT_MS', async () => {
+    const s = await serve(); // requestTimeoutMs: 400
+    const started = Date.now();
+    const res = await get(s.port, '/chat-stream?format=sse&prompt=hi%20[[tokens=12%20delay=100]]');
+    expect(Date.now() - started).toBeGreaterThan(1000);
+    expect(res.status).toBe(200);
+    expect(res.body).toContain('event: done');
+  });
 });
+
+/** Write `text` on a fresh connection and collect everything until the server closes it. */
+function rawExchange(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(text));
+    let got = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (c: string) => (got += c));
+    sock.on('close', () => resolve(got));
+    sock.on('error', reject);
+  });
+}

@@ -195,4 +195,71 @@ describe('max_tokens across a continuation', () => {
     expect(sent.map((r) => r.path)).toEqual(['/chat/completions', '/beta/chat/completions']);
     expect(sent[1]!.body.max_tokens).toBe(5);
   });
+
+  it('counts the reasoning too: DeepSeek counts the chain of thought in max_tokens', async () => {
+    const prompt = 'seam think limit [[tokens=30 rtokens=4 reset=5 delay=1]]';
+    const before = stack.sim.requests.length;
+    const res = await request(stack.url + q(prompt, '&format=sse&thinking=true&max_tokens=14'));
+    const { events } = parseSse(res.body);
+    const answer = simulateAnswer(prompt, { thinking: true });
+    // 4 reasoning and 5 answer tokens before the break: 5 left, not 9.
+    const sent = stack.sim.requests.slice(before);
+    expect(sent.map((r) => r.path)).toEqual(['/chat/completions', '/beta/chat/completions']);
+    expect(sent[1]!.body.max_tokens).toBe(5);
+    expect(sseText(events)).toBe(answer.content.slice(0, 10).join(''));
+    expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('length');
+  });
+});
+
+describe('usage across a continuation', () => {
+  const uninterrupted = (prompt: string, thinking: boolean) => {
+    const a = simulateAnswer(prompt, { thinking });
+    const reasoning = thinking ? a.reasoning.length : 0;
+    const promptTokens = Math.ceil(prompt.length / 4);
+    return {
+      prompt_tokens: promptTokens,
+      completion_tokens: reasoning + a.content.length,
+      total_tokens: promptTokens + reasoning + a.content.length,
+      completion_tokens_details: { reasoning_tokens: reasoning },
+    };
+  };
+
+  it("is the whole answer's, not the continuation's: SSE done event", async () => {
+    const prompt = 'seam usage [[tokens=30 rtokens=4 reset=5 delay=1]]';
+    const res = await request(stack.url + q(prompt, '&format=sse&thinking=true'));
+    const { events } = parseSse(res.body);
+    const done = JSON.parse(events.at(-1)!.data);
+    expect(done.finish_reason).toBe('stop');
+    expect(done.usage).toEqual(uninterrupted(prompt, true));
+  });
+
+  it('/v1: the usage chunk passed through says the same', async () => {
+    const prompt = 'seam usage v1 [[tokens=30 reset=5 delay=1]]';
+    const res = await request(stack.url + '/v1/chat/completions', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'deepseek-chat',
+        stream: true,
+        stream_options: { include_usage: true },
+        messages: [{ role: 'user', content: prompt }],
+      }),
+    });
+    const chunks = res.body
+      .split('\n\n')
+      .filter((l) => l.startsWith('data: {'))
+      .map(
+        (l) =>
+          JSON.parse(l.slice(6)) as {
+            usage?: unknown;
+            choices: Array<{ delta?: { content?: string } }>;
+          },
+      );
+    const withUsage = chunks.filter((c) => c.usage);
+    expect(withUsage).toHaveLength(1);
+    expect(withUsage[0]!.usage).toEqual(uninterrupted(prompt, false));
+    expect(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('')).toBe(
+      simulateAnswer(prompt).text,
+    );
+  });
 });

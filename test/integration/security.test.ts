@@ -4,7 +4,7 @@
 import { createHash, createHmac } from 'node:crypto';
 import { sign, signingPayload } from '../../src/middleware/auth';
 import { simulateAnswer } from '../../src/simulator/answer';
-import { q, request, startStack, waitFor, type Stack } from '../helpers/stack';
+import { parseSse, q, request, startStack, waitFor, type Stack } from '../helpers/stack';
 
 describe('request rate limit', () => {
   let stack: Stack;
@@ -88,24 +88,56 @@ describe('per-client stream cap and the resume grace', () => {
 });
 
 describe('per-client stream cap and batches', () => {
-  it("each prompt of a batch takes one of the client's stream slots", async () => {
+  it("a batch runs at once only as many prompts as the client's stream cap leaves room for", async () => {
     const stack = await startStack({ maxStreamsPerClient: 2 });
     try {
-      const batch = (n: number) =>
-        request(stack.url + '/chat-stream/batch', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ prompts: Array.from({ length: n }, (_, i) => `slot ${n}.${i}`) }),
-        });
-      const three = await batch(3);
-      expect(three.status).toBe(429);
-      expect(JSON.parse(three.body).error.code).toBe('rate_limited');
-      expect(stack.sim.requests).toHaveLength(0);
-      const two = await batch(2);
-      expect(two.status).toBe(200);
-      expect(two.body.endsWith('event: end\ndata: {}\n\n')).toBe(true);
-      // Both slots came back: a single stream is let in again.
-      expect((await request(stack.url + q('after the batches'))).status).toBe(200);
+      let most = 0;
+      const sampler = setInterval(() => {
+        most = Math.max(most, stack.app.service.active.size);
+      }, 2);
+      const prompts = [0, 1, 2].map((i) => `slot ${i} [[tokens=15 delay=10]]`);
+      const res = await request(stack.url + '/chat-stream/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompts }),
+      });
+      clearInterval(sampler);
+      // A cap of 2 used to refuse a batch of 3 (429, and retrying could never help).
+      expect(res.status).toBe(200);
+      expect(most).toBe(2);
+      const { events } = parseSse(res.body);
+      for (let i = 0; i < 3; i++) {
+        const mine = events.filter((e) => JSON.parse(e.data).index === i);
+        expect(mine.at(-1)?.event).toBe('done');
+        const answer = mine.filter((e) => e.event === 'message');
+        expect(answer.map((e) => JSON.parse(e.data).content).join('')).toBe(
+          simulateAnswer(prompts[i]!).text,
+        );
+      }
+      expect(res.body.endsWith('event: end\ndata: {}\n\n')).toBe(true);
+      // Both slots came back: a batch of two runs at once, and a single stream is let in again.
+      expect((await request(stack.url + q('after the batch'))).status).toBe(200);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('a batch is refused when the client has no slot left at all', async () => {
+    const stack = await startStack({ maxStreamsPerClient: 1 });
+    try {
+      let started = false;
+      const open = request(stack.url + q('holds the slot [[tokens=30 delay=20]]'), {
+        onChunk: () => void (started = true),
+      });
+      await waitFor(() => started, 5000, 'stream open');
+      const res = await request(stack.url + '/chat-stream/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompts: ['no room'] }),
+      });
+      expect(res.status).toBe(429);
+      expect(JSON.parse(res.body).error.code).toBe('rate_limited');
+      await open;
     } finally {
       await stack.close();
     }
