@@ -45,9 +45,28 @@ function parseBool(v: unknown, key: string): boolean | undefined {
   throw bad(`"${key}" must be true or false`);
 }
 
-function parseNumber(v: unknown, key: string, min: number, max: number, int: boolean) {
+/** A query string's number: decimal only (Number() also takes 0x1F, 0b11, 0o7 and 'Infinity'). */
+const DECIMAL = /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
+
+/** Characters that show nothing: a prompt made only of them is empty. */
+const INVISIBLE = /[\s\u200b-\u200d\u2060\ufeff]/g;
+
+/** Nothing a reader would see (whitespace, zero-width spaces and joiners, BOMs). */
+function blank(s: string): boolean {
+  return s.replace(INVISIBLE, '') === '';
+}
+
+function parseNumber(
+  v: unknown,
+  key: string,
+  min: number,
+  max: number,
+  int: boolean,
+  fromQuery: boolean,
+) {
   if (v === undefined || v === null) return undefined;
-  const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+  // In a query every value is a string; in JSON a number must be a number (SPEC: wrong types).
+  const n = fromQuery && typeof v === 'string' && DECIMAL.test(v) ? Number(v) : v;
   if (
     typeof n !== 'number' ||
     !Number.isFinite(n) ||
@@ -74,7 +93,7 @@ function parseMessages(v: unknown, maxChars: number): ChatMessage[] {
     }
     if (typeof content !== 'string') throw bad('each message needs a string "content"');
     chars += content.length;
-    if (content.trim() !== '') hasContent = true;
+    if (!blank(content)) hasContent = true;
     out.push({ role: role as ChatMessage['role'], content });
   }
   if (!hasContent) throw bad('the messages are all empty');
@@ -104,7 +123,7 @@ export function parseChatStreamRequest(
   } else {
     if (prompt === undefined || prompt === null) throw bad('"prompt" is required');
     if (typeof prompt !== 'string') throw bad('"prompt" must be a string');
-    if (prompt.trim() === '') throw bad('"prompt" must not be empty');
+    if (blank(prompt)) throw bad('"prompt" must not be empty');
     if (prompt.length > config.maxPromptChars) {
       throw new ProxyError(
         'payload_too_large',
@@ -114,7 +133,8 @@ export function parseChatStreamRequest(
     messages = [{ role: 'user', content: prompt }];
   }
   const system = get('system');
-  if (system !== undefined) {
+  // An empty system field (a form left blank) is no system message, not an empty one.
+  if (system !== undefined && !(typeof system === 'string' && blank(system))) {
     if (typeof system !== 'string') throw bad('"system" must be a string');
     if (
       system.length + messages.reduce((n, m) => n + m.content.length, 0) >
@@ -149,9 +169,9 @@ export function parseChatStreamRequest(
   const params: ChatParams = { messages, model };
   const thinking = parseBool(get('thinking'), 'thinking');
   if (thinking !== undefined) params.thinking = thinking;
-  const temperature = parseNumber(get('temperature'), 'temperature', 0, 2, false);
+  const temperature = parseNumber(get('temperature'), 'temperature', 0, 2, false, fromQuery);
   if (temperature !== undefined) params.temperature = temperature;
-  const maxTokens = parseNumber(get('max_tokens'), 'max_tokens', 1, 1_000_000, true);
+  const maxTokens = parseNumber(get('max_tokens'), 'max_tokens', 1, 1_000_000, true, fromQuery);
   if (maxTokens !== undefined) params.max_tokens = maxTokens;
   if (effort !== undefined) params.reasoning_effort = effort;
 

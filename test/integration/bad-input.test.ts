@@ -98,6 +98,30 @@ describe('bad input before streaming', () => {
       'invalid_request',
     ],
     [
+      'a hexadecimal temperature in the query',
+      () => request(stack.url + q('hi', '&temperature=0x1')),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a binary max_tokens in the query',
+      () => request(stack.url + q('hi', '&max_tokens=0b11')),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a number given as a string in JSON',
+      () => post(JSON.stringify({ prompt: 'hi', max_tokens: '10' })),
+      400,
+      'invalid_request',
+    ],
+    [
+      'a prompt of zero-width spaces only',
+      () => request(stack.url + q('\u200b\u200b')),
+      400,
+      'invalid_request',
+    ],
+    [
       'a bad thinking flag',
       () => request(stack.url + q('hi', '&thinking=maybe')),
       400,
@@ -153,6 +177,16 @@ describe('bad input before streaming', () => {
     expect(bad.status).toBe(400);
     await new Promise((r) => setTimeout(r, 50));
     expect(stack.sim.requests.some((r) => r.body.messages?.[0]?.content === prompt)).toBe(false);
+  });
+
+  it('an empty system field sends no system message; decimal query numbers still work', async () => {
+    const prompt = 'blank system field';
+    const res = await request(stack.url + q(prompt, '&system=&temperature=0.5&max_tokens=1e3'));
+    expect(res.status).toBe(200);
+    const sent = stack.sim.requests.find((r) => r.body.messages?.at(-1)?.content === prompt);
+    expect(sent?.body.messages?.map((m) => m.role)).toEqual(['user']);
+    expect((sent?.body as { temperature?: number } | undefined)?.temperature).toBe(0.5);
+    expect(sent?.body.max_tokens).toBe(1000);
   });
 
   it('still streams a normal request after all of that', async () => {
