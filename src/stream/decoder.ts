@@ -53,7 +53,6 @@ export function createSseDecoder(
   let data = '';
   let dataLines = 0;
   let eventType: string | undefined;
-  let lastEventId = '';
   let dropping = false; // after an overflow: ignore input until the current event ends
   // The overflow came inside a line: the next line end ends that line, not the event (read as a
   // blank line, it would dispatch the rest of the oversized event as an event of its own).
@@ -127,7 +126,7 @@ export function createSseDecoder(
         dataLines++;
         break;
       case 'id':
-        if (value.indexOf('\0') === -1) lastEventId = value;
+        if (value.indexOf('\0') === -1) decoder.lastEventId = value;
         break;
       default:
         // `retry` and unknown fields do not matter to a relay; WHATWG says ignore the latter.
@@ -228,7 +227,7 @@ export function createSseDecoder(
     return pos;
   }
 
-  return {
+  const decoder = {
     feed(bytes: Uint8Array): void {
       if (onDataBytes === undefined) {
         feedBytes(bytes);
@@ -275,13 +274,14 @@ export function createSseDecoder(
       skipLeadingLF = false;
       dropping = false;
       inDroppedLine = false;
-      lastEventId = '';
+      decoder.lastEventId = '';
       resetEvent();
     },
-    get lastEventId() {
-      return lastEventId;
-    },
+    // A data property, not a getter: an object literal with an accessor is made in dictionary
+    // mode, and every feed() would look its method up in a hash table.
+    lastEventId: '',
   };
+  return decoder;
 }
 
 /**
