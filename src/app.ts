@@ -125,8 +125,12 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
       ...(config.corsOrigins.length > 0 ? [cors(config.corsOrigins)] : []),
       // GET and HEAD take no body here (GET /chat-stream reads its query): they skip the parser.
       (req, res, next) => {
-        if (req.method === 'GET' || req.method === 'HEAD') next();
-        else json(req, res, next);
+        if (req.method === 'GET' || req.method === 'HEAD') {
+          // A body on a GET is ignored; read it away, or the request never completes and
+          // REQUEST_TIMEOUT_MS would cut the stream answering it.
+          if (!req.complete) req.resume();
+          next();
+        } else json(req, res, next);
       },
     ]),
   );

@@ -108,16 +108,20 @@ export function withMessage(err: ProxyError, message: string): ProxyError {
 
 /** Runs of a secret this long or longer are hidden: a quote cut short keeps a piece of it. */
 const SECRET_PIECE = 8;
+/** Pieces are looked for only in secrets this long: a piece of a short one is an ordinary word. */
+const PIECES_FROM = 16;
+/** Shorter than this is not a secret (a dummy key such as `x` or `EMPTY`): nothing is hidden. */
+const SECRET_MIN = 6;
 
 /**
  * A function that hides `secret` in text that came from elsewhere (an upstream's error message, a
- * malformed event we quote back): the whole secret, and any run of SECRET_PIECE or more of its
- * characters, in any format the upstream might echo it (with or without its `sk-`). Identity
- * without a secret. Error paths only: it tries every piece of the secret.
+ * malformed event we quote back): the whole secret, and, in a long one, any run of SECRET_PIECE
+ * or more of its characters, in any format the upstream might echo it (with or without its
+ * `sk-`). Identity without a real secret. Error paths only: it tries every piece of the secret.
  */
 export function secretRedactor(secret: string | undefined): (text: string) => string {
-  if (!secret) return (text) => text;
-  const min = Math.min(SECRET_PIECE, secret.length);
+  if (!secret || secret.length < SECRET_MIN) return (text) => text;
+  const min = secret.length >= PIECES_FROM ? SECRET_PIECE : secret.length;
   return (text) => {
     // Longest first: a whole secret becomes one mark, not several.
     for (let len = secret.length; len >= min && text.length >= min; len--) {

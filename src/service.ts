@@ -75,6 +75,11 @@ export class ChatService {
     }
   }
 
+  /** How many more streams the global cap lets in now. */
+  room(): number {
+    return Math.max(0, this.config.maxConcurrentStreams - this.active.size);
+  }
+
   /** Start a stream; resolves when it has ended (listener told), never rejects. */
   async run(
     body: UpstreamBody,

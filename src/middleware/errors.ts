@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { NextFunction, Request, Response } from 'express';
-import { ProxyError, asProxyError, errorBody, openAiErrorBody } from '../errors';
+import { ProxyError, STATUS_OF, asProxyError, errorBody, openAiErrorBody } from '../errors';
 import type { Logger } from '../log';
 
 export function notFound(req: Request, _res: Response, next: NextFunction): void {
@@ -61,6 +61,9 @@ export function errorHandler(log: Logger) {
       res.destroy();
       return;
     }
+    // Nobody to answer (the client left, or its connection was answered and closed for it: a
+    // request that timed out): the status it was given stays.
+    if (clientGone(res)) return;
     if (e.retryAfterS !== undefined) res.setHeader('Retry-After', String(e.retryAfterS));
     // The OpenAI-compatible surface answers in the OpenAI shape, which its SDKs parse.
     const body = req.path.startsWith('/v1/')
@@ -101,13 +104,15 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
   // the client): then just close. Node's own handler holds back for an in-flight answer too.
   const inFlight = (socket as Duplex & { _httpMessage?: http.ServerResponse | null })._httpMessage;
   const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT';
-  if (timedOut && inFlight) {
+  if (timedOut && inFlight && !inFlight.req.complete) {
     // The answer in flight is this very request's, waiting for a body that is not coming: it
     // would never finish. Answer in its place if it has written nothing (as Node does), else cut.
+    // (A request read whole, streaming its answer, is not this: a later one timed out behind it.)
     if (inFlight.headersSent) {
       socket.destroy();
       return;
     }
+    inFlight.statusCode = STATUS_OF.request_timeout; // for the request metrics
   } else if (inFlight) {
     if (!inFlight.writableFinished) {
       inFlight.once('finish', () => answerClientError(err, socket));

@@ -57,6 +57,11 @@ function redisStore(redis: Redis): RedisStore {
 export interface StreamSlots {
   acquire(client: string, max: number): Promise<boolean>;
   release(client: string): void;
+  /**
+   * The client's slots are still held (a batch starting a queued prompt): a count that expires
+   * (Redis) must not expire under them. Errors are ignored (the count is only a limit).
+   */
+  keep?(client: string): void;
 }
 
 export function memorySlots(): StreamSlots {
@@ -114,6 +119,10 @@ export function redisSlots(redis: Redis, ttlMs: number, prefix = 'dsp:streams:')
     },
     release(client) {
       release(prefix + client, 0);
+    },
+    keep(client) {
+      // A full lifetime again from now: what a newly granted slot would give it.
+      redis.pexpire(prefix + client, ttlMs).catch(() => undefined);
     },
   };
 }
@@ -197,6 +206,11 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
         got++;
       }
       return got;
+    };
+    // A batch that starts a prompt after others ended (its slots held all along) keeps the
+    // count alive: with Redis it expires a stream's lifetime after the last slot was granted.
+    res.locals.keepSlots = () => {
+      if (!released && held > 0) slots.keep?.(client);
     };
     // A stream the client left may go on generating for the resume grace: it keeps its slot
     // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would

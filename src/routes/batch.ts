@@ -93,12 +93,14 @@ export function batchRouter(
       src.format === 'ndjson' ||
       (src.format === undefined && (req.headers.accept ?? '').includes('application/x-ndjson'));
     const format = ndjson ? NDJSON : SSE;
-    for (let i = 0; i < bodies.length; i++) service.admit(i);
+    service.admit();
     // The request holds one of the client's stream slots already (middleware/rate-limit.ts). It
     // takes one more for each other prompt it can run at once: a batch larger than what the
-    // client's cap leaves runs its prompts as slots free up, in order, never above the cap.
+    // client's cap, or the server's, leaves room for runs its prompts as those end, in order.
+    const want = Math.min(bodies.length, service.room()) - 1;
     const takeMoreSlots = res.locals.takeMoreSlots as ((n: number) => Promise<number>) | undefined;
-    const atOnce = 1 + (takeMoreSlots ? await takeMoreSlots(bodies.length - 1) : bodies.length - 1);
+    const atOnce = 1 + (takeMoreSlots ? await takeMoreSlots(want) : want);
+    const keepSlots = res.locals.keepSlots as (() => void) | undefined;
     // The guards and the slots above may have waited on Redis. A client that left meanwhile
     // fired its 'close' already, so the handler below would never hear it and the prompts would
     // run (and be billed) unread; and a drain that began meanwhile found them not yet active,
@@ -161,6 +163,7 @@ export function batchRouter(
         const body = bodies[index]!;
         const listener = batchListener(index, format, write);
         if (index >= atOnce) {
+          keepSlots?.();
           // Waited for a slot: the server may have filled up or begun to drain meanwhile.
           try {
             service.admit();

@@ -644,7 +644,20 @@ export class ChatStream implements DeltaSink {
     const completion = usage.completion_tokens;
     const prompt = usage.prompt_tokens;
     if (typeof completion === 'number') usage.completion_tokens = completion + before;
-    if (typeof prompt === 'number') usage.prompt_tokens = Math.max(0, prompt - this.splicedAnswer);
+    if (typeof prompt === 'number') {
+      const given = Math.min(prompt, this.splicedAnswer);
+      usage.prompt_tokens = prompt - given;
+      // DeepSeek splits the prompt into cache hits and misses (they add up to it): the prefix
+      // given back comes off the misses first (it is new text to the cache), then the hits.
+      const miss = usage.prompt_cache_miss_tokens;
+      const hit = usage.prompt_cache_hit_tokens;
+      if (typeof miss === 'number') {
+        const fromMiss = Math.min(miss, given);
+        usage.prompt_cache_miss_tokens = miss - fromMiss;
+        if (typeof hit === 'number')
+          usage.prompt_cache_hit_tokens = Math.max(0, hit - (given - fromMiss));
+      }
+    }
     if (typeof usage.prompt_tokens === 'number' && typeof usage.completion_tokens === 'number') {
       usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
     }

@@ -10,6 +10,8 @@ import { testConfig } from '../../src/config';
 import { createHttpServer } from '../../src/http-server';
 import { createLogger } from '../../src/log';
 import type { UpstreamClient } from '../../src/upstream/client';
+import Redis from 'ioredis';
+import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
 import { parseSse, q, request, startStack, type Stack } from '../helpers/stack';
 
 const batch = (stack: Stack, body: unknown, headers: Record<string, string> = {}) =>
@@ -203,4 +205,75 @@ describe('log redaction', () => {
     expect(text).not.toMatch(/sk-secret/);
     expect(text).toContain('[redacted]');
   });
+});
+
+describe('a batch larger than MAX_CONCURRENT_STREAMS', () => {
+  it('runs on an idle server, as many prompts at once as the cap allows', async () => {
+    const stack = await startStack({ maxConcurrentStreams: 2 });
+    try {
+      let most = 0;
+      const sampler = setInterval(() => {
+        most = Math.max(most, stack.app.service.active.size);
+      }, 2);
+      const res = await batch(stack, {
+        prompts: [0, 1, 2].map((i) => `global ${i} [[tokens=10 delay=10]]`),
+      });
+      clearInterval(sampler);
+      expect(res.status).toBe(200);
+      expect(most).toBe(2);
+      const done = parseSse(res.body).events.filter((e) => e.event === 'done');
+      expect(done.map((e) => JSON.parse(e.data).index).sort()).toEqual([0, 1, 2]);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
+describeWithRedis('a batch that runs prompts one after another, with Redis', () => {
+  let redis: RedisServer;
+  let admin: Redis;
+  beforeAll(async () => {
+    redis = await startRedis();
+    admin = new Redis(redis.url);
+  }, 20_000);
+  afterAll(async () => {
+    admin?.disconnect();
+    await redis?.stop();
+  });
+
+  it("keeps the client's slot count alive as each queued prompt starts", async () => {
+    // The count's lifetime: STREAM_MAX_DURATION_MS + RESUME_GRACE_MS + 60 s = 61 s.
+    const stack = await startStack({
+      redisUrl: redis.url,
+      maxStreamsPerClient: 1,
+      streamMaxDurationMs: 1000,
+      resumeGraceMs: 0,
+    });
+    try {
+      const started = Date.now();
+      let second = -1;
+      const pending = batch(stack, {
+        prompts: ['first in line [[tokens=30 delay=20]]', 'second in line [[tokens=30 delay=20]]'],
+      });
+      // When the second prompt reaches the upstream, the count was just renewed.
+      for (let i = 0; i < 400 && second < 0; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        if (
+          stack.sim.requests.some(
+            (r) => r.body.messages?.[0]?.content === 'second in line [[tokens=30 delay=20]]',
+          )
+        ) {
+          const [key] = await admin.keys('dsp:streams:*');
+          second = key ? await admin.pttl(key) : -3;
+        }
+      }
+      const elapsed = Date.now() - started;
+      expect((await pending).status).toBe(200);
+      expect(elapsed).toBeGreaterThan(500);
+      // Without the renewal it would be 61 s less the time the first prompt ran.
+      expect(second).toBeGreaterThan(61_000 - 300);
+    } finally {
+      await stack.close();
+    }
+  }, 20_000);
 });

@@ -153,9 +153,10 @@ describe('a batch and a drain that begins while it takes its stream slots', () =
       const admit = service.admit.bind(service);
       // SIGTERM lands while the batch awaits its extra slots (a Redis round trip in production):
       // the drain finds nothing active, so it is over at once and server.ts exits 100 ms later.
+      // The first check passes; the drain begins while the batch awaits its extra slots.
       const spy = jest.spyOn(service, 'admit').mockImplementation((more = 0) => {
         admit(more);
-        if (more === 1 && !service.draining) queueMicrotask(() => void service.drain(0));
+        if (!service.draining) queueMicrotask(() => void service.drain(0));
       });
       const res = await request(stack.url + '/chat-stream/batch', {
         method: 'POST',

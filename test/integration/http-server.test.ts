@@ -183,6 +183,32 @@ describe('createHttpServer', () => {
     expect(res.status).toBe(200);
     expect(res.body).toContain('event: done');
   });
+
+  it('never cuts a stream answering a GET that came with a body nobody reads', async () => {
+    const s = await serve(); // requestTimeoutMs: 400
+    const body = 'x'.repeat(200_000);
+    const reply = await rawExchange(
+      s.port,
+      'GET /chat-stream?format=sse&prompt=hi%20[[tokens=12%20delay=100]] HTTP/1.1\r\nHost: x\r\n' +
+        `Connection: close\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+    );
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reply).toContain('event: done');
+  });
+
+  it('never cuts a stream when a pipelined request behind it is slow to arrive', async () => {
+    const s = await serve(); // requestTimeoutMs: 400
+    const reply = await rawExchange(
+      s.port,
+      'GET /chat-stream?format=sse&prompt=hi%20[[tokens=12%20delay=100]] HTTP/1.1\r\nHost: x\r\n\r\n' +
+        'POST /chat-stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 100\r\n\r\n{"pro',
+    );
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reply).toContain('event: done');
+    // After the stream, the slow request gets its 408.
+    expect(reply).toMatch(/HTTP\/1\.1 408 [\s\S]*"code":"request_timeout"/);
+  });
 });
 
 /** Write `text` on a fresh connection and collect everything until the server closes it. */

@@ -403,6 +403,10 @@ describe('batch', () => {
     expect((await post({ prompts: Array(9).fill('x') })).status).toBe(400);
     const small = await startStack({ maxConcurrentStreams: 2 });
     try {
+      // A full server: no room for even one prompt (with room for some, the batch runs them in
+      // turn: batch-and-logs-review.test.ts).
+      const holding = [1, 2].map((i) => request(small.url + q(`full ${i} [[tokens=30 delay=20]]`)));
+      await waitFor(() => small.app.service.active.size === 2, 5000, 'two streams open');
       const res = await request(small.url + '/chat-stream/batch', {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
@@ -410,6 +414,7 @@ describe('batch', () => {
       });
       expect(res.status).toBe(503);
       expect(JSON.parse(res.body).error.code).toBe('overloaded');
+      await Promise.all(holding);
     } finally {
       await small.close();
     }

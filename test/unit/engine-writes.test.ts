@@ -255,4 +255,51 @@ describe('a continued answer and max_tokens', () => {
     expect(sent.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'one two three' });
     expect(log).toContain('end:length');
   });
+
+  it("reports the whole answer's usage: the prefix comes off the prompt, and off its cache misses", async () => {
+    const body = new PassThrough();
+    const client: UpstreamClient = {
+      post: () =>
+        Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
+      close: () => undefined,
+    };
+    let usage: unknown;
+    const listener: StreamListener = {
+      open: () => undefined,
+      content: () => undefined,
+      reasoning: () => undefined,
+      flush: () => true,
+      end: (_reason, u) => void (usage = u),
+      fail: () => undefined,
+    };
+    const stream = new ChatStream(client, SETTINGS, BODY, listener, {
+      prefix: 'one two three',
+      prefixTokens: 5, // two reasoning tokens, then three of the answer
+      prefixAnswerTokens: 3,
+    });
+    const done = stream.run();
+    await reading(body);
+    // The continuation's own usage: its prompt holds the 3 prefix tokens (10 cached + 3 new).
+    const u = {
+      prompt_tokens: 13,
+      completion_tokens: 1,
+      total_tokens: 14,
+      prompt_cache_hit_tokens: 10,
+      prompt_cache_miss_tokens: 3,
+      completion_tokens_details: { reasoning_tokens: 0 },
+    };
+    body.end(
+      `data: ${JSON.stringify({ id: 'c1', choices: [{ index: 0, delta: { content: ' four' }, finish_reason: 'stop' }], usage: u })}\n\n` +
+        'data: [DONE]\n\n',
+    );
+    await done;
+    expect(usage).toEqual({
+      prompt_tokens: 10,
+      completion_tokens: 6,
+      total_tokens: 16,
+      prompt_cache_hit_tokens: 10,
+      prompt_cache_miss_tokens: 0,
+      completion_tokens_details: { reasoning_tokens: 2 },
+    });
+  });
 });
