@@ -36,10 +36,11 @@ export function chatStreamRouter(
 
     // 1. SSE resume: EventSource sends Last-Event-ID by itself when it reconnects; other clients
     // may put it in the query string, on GET and on POST alike.
-    // (req.query parses the query string on first use: a POST without one skips that.)
+    // (Express parses the query string on every read of req.query: a GET reads it once, above,
+    // and a POST only when it has one.)
     const lastEventId =
       req.headers['last-event-id'] ??
-      (fromQuery || req.url.includes('?') ? req.query.lastEventId : undefined);
+      (fromQuery ? src.lastEventId : req.url.includes('?') ? req.query.lastEventId : undefined);
     if (lastEventId !== undefined) return resumeSse(res, String(lastEventId), headOnly);
 
     // 2. Text resume: `curl -C -` sends Range; X-Resume-At is the plain alternative.
