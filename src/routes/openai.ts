@@ -5,6 +5,7 @@
 // retries, time limits and resume apply alike. GET /v1/models lists the allowlist.
 
 import type { ServerResponse } from 'node:http';
+import { heartbeatTickMs } from '../format/response-sink';
 import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
@@ -50,7 +51,7 @@ export function openAiRouter(
     const requestId = res.locals.requestId as string;
     const stream = body.stream === true;
     const listener = stream
-      ? new OpenAiStreamSink(res, requestId)
+      ? new OpenAiStreamSink(res, requestId, config.heartbeatMs)
       : new OpenAiAggregateSink(res, requestId);
     body.stream = true; // non-stream answers are assembled from the stream
     await service.run(
@@ -151,6 +152,8 @@ function contentChars(c: unknown): number {
   return n;
 }
 
+const PING = ': ping\n\n';
+
 /** Streaming: the upstream's chunk objects verbatim, one write per upstream read. */
 class OpenAiStreamSink implements StreamListener {
   bytesOut = 0;
@@ -164,9 +167,13 @@ class OpenAiStreamSink implements StreamListener {
   private runStart = 0;
   private runEnd = 0;
   private headPending = false;
+  /** `: ping` comments while nothing else is sent (a long DeepSeek queue), as on /chat-stream. */
+  private heartbeat: NodeJS.Timeout | undefined;
+  private wroteSinceTick = false;
   constructor(
     private readonly res: ServerResponse,
     private readonly requestId: string,
+    private readonly heartbeatMs: number,
   ) {}
 
   open(): void {
@@ -179,6 +186,26 @@ class OpenAiStreamSink implements StreamListener {
       'X-Request-Id': this.requestId,
     });
     // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
+    // SSE clients (the openai package, the AI SDK) skip comment lines.
+    this.heartbeat = setInterval(() => this.tick(), heartbeatTickMs(this.heartbeatMs));
+    this.heartbeat.unref();
+  }
+
+  /** Half a heartbeat since the last tick: ping if nothing was written meanwhile. */
+  private tick(): void {
+    if (this.res.destroyed || this.res.writableEnded) {
+      clearInterval(this.heartbeat);
+      return;
+    }
+    if (this.wroteSinceTick) {
+      this.wroteSinceTick = false;
+      return;
+    }
+    this.headPending = false;
+    this.bytesOut += PING.length;
+    this.res.write(PING);
+    // A ping counts as a write: in a long silence, one ping per HEARTBEAT_MS, not per tick.
+    this.wroteSinceTick = true;
   }
   /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
   chunk(data: string): void {
@@ -219,14 +246,17 @@ class OpenAiStreamSink implements StreamListener {
       return true;
     }
     this.headPending = false;
+    this.wroteSinceTick = true;
     return this.res.write(out);
   }
   /** The last events, [DONE] and the end of the body in one write. */
   end(): void {
+    clearInterval(this.heartbeat);
     this.headPending = false;
     this.res.end(this.take('data: [DONE]\n\n'));
   }
   fail(err: ProxyError, opened: boolean): void {
+    clearInterval(this.heartbeat);
     if (!opened || !this.res.headersSent) return sendJsonError(this.res, err, this.requestId, this);
     // In-band: an error object the OpenAI SDKs raise as an APIError.
     this.headPending = false;

@@ -622,6 +622,12 @@ export class ChatStream implements DeltaSink {
   }
 
   upstreamError(message: string): void {
+    // After the finish chunk the answer is whole (as for a connection that breaks then): an error
+    // the upstream reports afterwards must not continue it.
+    if (this.finishReason !== undefined) {
+      this.done();
+      return;
+    }
     this.settle?.({
       ok: false,
       failure: { kind: 'reset' },

@@ -311,7 +311,10 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     sink.invalid('chunk with a choice that is not an object');
     return;
   }
-  if (choice && choice.finish_reason === CUT_OFF_FINISH) {
+  // Read before the pass-through copy below takes them off the chunk.
+  const finish = choice?.finish_reason;
+  const usage = chunk.usage ?? undefined;
+  if (choice && finish === CUT_OFF_FINISH) {
     // Not a finish for the client: the answer goes on (continued upstream) or ends in an error.
     // Pass-through formats get the chunk without it, and only if it carries a delta.
     const d = choice.delta;
@@ -338,8 +341,7 @@ export function interpret(data: string, sink: DeltaSink, scan?: ByteScan): void 
     if (typeof c === 'string' && c.length > 0) sink.content(c);
     if (Array.isArray(delta.tool_calls) && delta.tool_calls.length > 0) sink.toolCall?.();
   }
-  const f = choice.finish_reason;
-  if (typeof f === 'string') sink.finish(f, chunk.usage ?? undefined);
+  if (typeof finish === 'string') sink.finish(finish, usage);
 }
 
 /** A character below U+0020, which a JSON string must escape. */

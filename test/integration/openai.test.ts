@@ -226,3 +226,35 @@ describe('the Vercel AI SDK', () => {
     expect(text).toBe(simulateAnswer(prompt).text);
   });
 });
+
+describe('a /v1 stream waiting in a long upstream queue', () => {
+  it('gets ": ping" comments, which the openai package skips', async () => {
+    const quiet = await startStack({ heartbeatMs: 100 });
+    try {
+      const prompt = 'queued v1 [[stall-first=600]]';
+      const body = JSON.stringify({
+        model: 'deepseek-chat',
+        stream: true,
+        messages: [{ role: 'user', content: prompt }],
+      });
+      const raw = await request(`${quiet.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
+      expect(raw.body.split('\n\n').filter((b) => b === ': ping').length).toBeGreaterThanOrEqual(2);
+      expect(raw.body.endsWith('data: [DONE]\n\n')).toBe(true);
+      const sdk = new OpenAI({ apiKey: 'x', baseURL: `${quiet.url}/v1`, maxRetries: 0 });
+      const stream = await sdk.chat.completions.create({
+        model: 'deepseek-chat',
+        messages: [{ role: 'user', content: prompt }],
+        stream: true,
+      });
+      let text = '';
+      for await (const c of stream) text += c.choices[0]?.delta?.content ?? '';
+      expect(text).toBe(simulateAnswer(prompt).text);
+    } finally {
+      await quiet.close();
+    }
+  });
+});

@@ -30,8 +30,26 @@ const SCRIPTS: Record<
     refuseSecond?: boolean;
     /** Wait this long between chunks: each is an upstream read of its own. */
     gapMs?: number;
+    /** Every later request (a continuation) is answered with these chunks and [DONE]. */
+    continueWith?: string[];
   }
 > = {
+  // A cut-off finish on a chunk that also carries a token: still a cut-off (continued upstream).
+  'cut-off-with-text': {
+    chunks: [
+      ROLE,
+      token('A'),
+      line('{"content":"B"}', '"insufficient_system_resource"', ',"usage":{"total_tokens":2}'),
+    ],
+    then: 'done',
+    continueWith: [token('C'), FINISH],
+  },
+  // An error object after the finish chunk: the answer was whole.
+  'error-after-finish': {
+    chunks: [ROLE, token('Done.'), FINISH, 'data: {"error":{"message":"late trouble"}}\n\n'],
+    then: 'reset',
+    continueWith: [token(' EXTRA'), FINISH],
+  },
   'broken-envelope': {
     chunks: [
       ROLE,
@@ -136,6 +154,10 @@ beforeAll(async () => {
         return;
       }
       res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      if (script.continueWith && n >= 1) {
+        res.end(script.continueWith.join('') + 'data: [DONE]\n\n');
+        return;
+      }
       if (script.refuseSecond && n >= 2) {
         res.end(token('C') + FINISH + 'data: [DONE]\n\n');
         return;
@@ -387,5 +409,30 @@ describe('/v1 stream pass-through', () => {
       if (c) contents.push(c);
     }
     expect(contents.join('')).toBe('AB');
+  });
+});
+
+describe('the end of an answer, as the upstream marks it', () => {
+  it('a cut-off finish on a chunk that carries a token is continued, not taken for the end', async () => {
+    const before = paths.length;
+    const res = await request(stack.url + q('cut-off-with-text', '&format=sse&thinking=false'));
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe('ABC');
+    expect(JSON.parse(events.at(-1)!.data).finish_reason).toBe('stop');
+    expect(paths.slice(before)).toEqual(['/chat/completions', '/beta/chat/completions']);
+  });
+
+  it('an error after the finish chunk does not continue the finished answer', async () => {
+    const before = paths.length;
+    const res = await v1('error-after-finish', true);
+    const content = res.body
+      .split('\n\n')
+      .filter((l) => l.startsWith('data: {'))
+      .map((l) => JSON.parse(l.slice(6)) as { choices?: Array<{ delta?: { content?: string } }> })
+      .map((c) => c.choices?.[0]?.delta?.content ?? '')
+      .join('');
+    expect(content).toBe('Done.');
+    expect(res.body.endsWith('data: [DONE]\n\n')).toBe(true);
+    expect(paths.slice(before)).toEqual(['/chat/completions']);
   });
 });

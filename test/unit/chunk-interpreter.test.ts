@@ -50,6 +50,18 @@ describe('interpret', () => {
       ['finish', 'length', undefined],
     ]);
   });
+  it('a cut-off finish that carries text is still a cut-off, with its usage', () => {
+    // The pass-through copy drops the finish and the usage: the deltas must still carry them.
+    expect(
+      run(
+        '{"choices":[{"delta":{"content":"B"},"finish_reason":"insufficient_system_resource"}],' +
+          '"usage":{"total_tokens":9}}',
+      ),
+    ).toEqual([
+      ['content', 'B'],
+      ['finish', 'insufficient_system_resource', { total_tokens: 9 }],
+    ]);
+  });
   it('[DONE] ends the stream', () => {
     expect(run('[DONE]')).toEqual([['done']]);
   });
