@@ -112,6 +112,11 @@ function shapeBody(raw: unknown, config: Config): UpstreamBody {
   if (src.stream !== undefined && typeof src.stream !== 'boolean') {
     throw new ProxyError('invalid_request', '"stream" must be a boolean');
   }
+  // One choice: DeepSeek documents no `n`, and an answer is assembled, continued and journaled
+  // as one (several would be merged into a garbled one).
+  if (src.n !== undefined && src.n !== null && src.n !== 1) {
+    throw new ProxyError('invalid_request', '"n" must be 1: one choice per request');
+  }
   const target = resolveModel(model);
   const body = { ...src, model: target.model } as UpstreamBody;
   if (target.thinking && src.thinking === undefined) body.thinking = { type: target.thinking };

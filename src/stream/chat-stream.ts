@@ -102,6 +102,8 @@ const ABORT_HEADERS = Symbol('headers timeout');
 const ABORT_STOP = Symbol('stop');
 const MAX_ERROR_BODY = 16 * 1024;
 const FLUSH_NOW_BYTES = 64 * 1024;
+/** answerParts joins its tokens this many at a time (compactParts). */
+const COMPACT_PARTS = 256;
 
 export class ChatStream implements DeltaSink {
   readonly stats: StreamStats;
@@ -117,6 +119,8 @@ export class ChatStream implements DeltaSink {
   private paused = false;
   /** The answer relayed so far, token by token (joined only for an upstream resume). */
   private readonly answerParts: string[] = [];
+  /** Tokens pushed since answerParts was last compacted (see compactParts). */
+  private partsSinceCompact = 0;
   private sentToken = false;
   /** A tool-call delta came: the answer can no longer be continued upstream. */
   private toolCalled = false;
@@ -522,7 +526,10 @@ export class ChatStream implements DeltaSink {
     this.stats.tokens++;
     this.answerTokens++;
     this.outputTokens++;
-    if (this.s.upstreamResumeMax > 0) this.answerParts.push(text);
+    if (this.s.upstreamResumeMax > 0) {
+      this.answerParts.push(text);
+      if (++this.partsSinceCompact === COMPACT_PARTS) this.compactParts();
+    }
     if (!this.forwardChunks) {
       if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
         this.joinPair(text, false);
@@ -636,6 +643,19 @@ export class ChatStream implements DeltaSink {
   }
 
   // ---- helpers, out of the hot path ---------------------------------------------------
+
+  /**
+   * The last COMPACT_PARTS tokens as one string. A token read on the text path is a slice of its
+   * chunk's text, and V8 keeps the whole chunk (about 200 bytes) alive for a slice of 13
+   * characters or more: a long answer held every chunk it came in. Joined, the tokens are a copy
+   * that holds only itself; each token is copied once.
+   */
+  private compactParts(): void {
+    const parts = this.answerParts;
+    const tail = parts.splice(parts.length - COMPACT_PARTS, COMPACT_PARTS);
+    parts.push(tail.join(''));
+    this.partsSinceCompact = 0;
+  }
 
   /**
    * A continuation's usage describes that request only: its prompt holds the answer so far, its

@@ -19,6 +19,15 @@ describe('/v1 limits and accounting', () => {
       body: JSON.stringify(body),
     });
 
+  it('n other than 1 is refused (several choices would be merged into one)', async () => {
+    const res = await post({ n: 2, messages: [{ role: 'user', content: 'two choices' }] });
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body).error.code).toBe('invalid_request');
+    expect(JSON.parse(res.body).error.message).toMatch(/"n"/);
+    const one = await post({ n: 1, messages: [{ role: 'user', content: 'one choice' }] });
+    expect(one.status).toBe(200);
+  });
+
   it('content given as an array of text parts counts toward MAX_PROMPT_CHARS', async () => {
     const tag = 'parts over the limit';
     const res = await post({

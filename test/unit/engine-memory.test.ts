@@ -1,0 +1,71 @@
+// What a long answer keeps alive until it ends. Tokens read on the text path (a format that takes
+// chunks as text: the non-stream /v1 answer) are slices of their chunk's text; the engine keeps
+// the answer for an upstream resume, and must not keep every chunk with it.
+
+import { PassThrough } from 'node:stream';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { testConfig } from '../../src/config';
+import { engineSettings } from '../../src/service';
+import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
+import type { UpstreamClient } from '../../src/upstream/client';
+
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+const N = 20_000;
+const TOKEN = 'sixteen-chars-ok'; // 16 characters: V8 slices (not copies) at 13 and more
+
+function heapAfterGc(): number {
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
+}
+
+it('a 20,000-token answer on the text path keeps its tokens, not the chunks they came in', async () => {
+  const body = new PassThrough();
+  const client: UpstreamClient = {
+    post: () =>
+      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
+    close: () => undefined,
+  };
+  let chunks = 0;
+  const listener: StreamListener = {
+    open: () => undefined,
+    content: () => undefined,
+    reasoning: () => undefined,
+    chunk: () => void chunks++, // takes chunks as text: no byte path
+    flush: () => true,
+    end: () => undefined,
+    fail: () => undefined,
+  };
+  const stream = new ChatStream(
+    client,
+    engineSettings(testConfig()),
+    { model: 'deepseek-v4-flash', messages: [{ role: 'user', content: 'hi' }], stream: true },
+    listener,
+  );
+  const done = stream.run();
+  while (body.listenerCount('data') === 0) await new Promise((r) => setImmediate(r));
+  const before = heapAfterGc();
+  // Each chunk its own line, ~230 bytes, as DeepSeek sends them; 500 per read.
+  for (let i = 0; i < N; i += 500) {
+    let read = '';
+    for (let j = 0; j < 500; j++) {
+      read +=
+        `data: {"id":"c${i + j}","object":"chat.completion.chunk","created":1,"model":"deepseek-v4-flash",` +
+        `"system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"${TOKEN}"},` +
+        '"logprobs":null,"finish_reason":null}]}\n\n';
+    }
+    body.write(read);
+    await new Promise((r) => setImmediate(r));
+  }
+  expect(chunks).toBe(N);
+  const held = heapAfterGc() - before;
+  body.end(
+    'data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+  );
+  await done;
+  // The tokens themselves are 20,000 x 16 characters (320 KB); the chunks were about 4.6 MB.
+  expect(held).toBeLessThan(2_000_000);
+});
