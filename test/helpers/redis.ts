@@ -3,6 +3,7 @@
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import Redis from 'ioredis';
 import { freePort } from './free-port';
 
 export const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
@@ -49,5 +50,30 @@ export async function startRedis(): Promise<RedisServer> {
         child.once('exit', () => resolve());
         child.kill('SIGTERM');
       }),
+  };
+}
+
+/**
+ * A redis-server for the enclosing describe block, started before its tests and stopped after
+ * them, with an admin client to it. Read `url` and `admin` inside tests and hooks.
+ */
+export function redisForSuite(): { readonly url: string; readonly admin: Redis } {
+  let server: RedisServer | undefined;
+  let admin: Redis | undefined;
+  beforeAll(async () => {
+    server = await startRedis();
+    admin = new Redis(server.url);
+  }, 20_000);
+  afterAll(async () => {
+    admin?.disconnect();
+    await server?.stop();
+  });
+  return {
+    get url() {
+      return server!.url;
+    },
+    get admin() {
+      return admin!;
+    },
   };
 }

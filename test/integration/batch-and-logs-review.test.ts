@@ -10,8 +10,7 @@ import { testConfig } from '../../src/config';
 import { createHttpServer } from '../../src/http-server';
 import { createLogger } from '../../src/log';
 import type { UpstreamClient } from '../../src/upstream/client';
-import Redis from 'ioredis';
-import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
+import { describeWithRedis, redisForSuite } from '../helpers/redis';
 import { parseSse, q, request, startStack, type Stack } from '../helpers/stack';
 
 const batch = (stack: Stack, body: unknown, headers: Record<string, string> = {}) =>
@@ -230,16 +229,7 @@ describe('a batch larger than MAX_CONCURRENT_STREAMS', () => {
 });
 
 describeWithRedis('a batch that runs prompts one after another, with Redis', () => {
-  let redis: RedisServer;
-  let admin: Redis;
-  beforeAll(async () => {
-    redis = await startRedis();
-    admin = new Redis(redis.url);
-  }, 20_000);
-  afterAll(async () => {
-    admin?.disconnect();
-    await redis?.stop();
-  });
+  const redis = redisForSuite();
 
   it("keeps the client's slot count alive as each queued prompt starts", async () => {
     // The count's lifetime: STREAM_MAX_DURATION_MS + RESUME_GRACE_MS + 60 s = 61 s.
@@ -263,8 +253,8 @@ describeWithRedis('a batch that runs prompts one after another, with Redis', () 
             (r) => r.body.messages?.[0]?.content === 'second in line [[tokens=30 delay=20]]',
           )
         ) {
-          const [key] = await admin.keys('dsp:streams:*');
-          second = key ? await admin.pttl(key) : -3;
+          const [key] = await redis.admin.keys('dsp:streams:*');
+          second = key ? await redis.admin.pttl(key) : -3;
         }
       }
       const elapsed = Date.now() - started;

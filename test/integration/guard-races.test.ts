@@ -2,30 +2,20 @@
 // trips): a client that leaves, or a drain that begins, while a request waits there.
 
 import http from 'node:http';
-import Redis from 'ioredis';
-import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
+import { describeWithRedis, redisForSuite } from '../helpers/redis';
 import { request, startStack, type Stack } from '../helpers/stack';
 
 describeWithRedis('stream slots from a slow Redis', () => {
-  let redis: RedisServer;
-  let admin: Redis;
+  const redis = redisForSuite();
   let stack: Stack;
-  beforeAll(async () => {
-    redis = await startRedis();
-    admin = new Redis(redis.url);
-  }, 20_000);
   beforeEach(async () => {
     stack = await startStack({ redisUrl: redis.url, maxStreamsPerClient: 16 });
-    await admin.flushall();
+    await redis.admin.flushall();
     // Redis reachable from the proxy before the test pauses it.
     expect((await request(stack.url + '/readyz')).status).toBe(200);
   });
   afterEach(async () => {
     await stack.close();
-  });
-  afterAll(async () => {
-    admin?.disconnect();
-    await redis?.stop();
   });
 
   /** Redis answers nobody for `ms` (CLIENT PAUSE): every guard's command waits that long. */
@@ -36,15 +26,15 @@ describeWithRedis('stream slots from a slow Redis', () => {
     expect((await request(stack.url + '/readyz')).status).toBe(200);
   };
 
-  const pauseRedis = (ms: number) => admin.call('CLIENT', 'PAUSE', String(ms));
+  const pauseRedis = (ms: number) => redis.admin.call('CLIENT', 'PAUSE', String(ms));
 
   const upstreamCalls = (tag: string) =>
     stack.sim.requests.filter((r) => String(r.body.messages?.[0]?.content).includes(tag)).length;
 
   /** The per-client stream counters in Redis: all back at zero once nothing runs. */
   const slotCounts = async () => {
-    const keys = await admin.keys('dsp:streams:*');
-    return Promise.all(keys.map(async (k) => Number(await admin.get(k))));
+    const keys = await redis.admin.keys('dsp:streams:*');
+    return Promise.all(keys.map(async (k) => Number(await redis.admin.get(k))));
   };
 
   /**
@@ -101,15 +91,15 @@ describeWithRedis('stream slots from a slow Redis', () => {
 
   it('a Redis that refuses writes (memory full) is 503 store_unavailable, not a 500', async () => {
     await restartWith({ maxStreamsPerClient: 16, rateLimitMax: 1000 });
-    await admin.config('SET', 'maxmemory-policy', 'noeviction');
-    await admin.config('SET', 'maxmemory', '1');
+    await redis.admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await redis.admin.config('SET', 'maxmemory', '1');
     try {
       const res = await request(stack.url + '/chat-stream?prompt=oom&thinking=false');
       expect(res.status).toBe(503);
       expect(JSON.parse(res.body).error.code).toBe('store_unavailable');
       expect(res.headers['retry-after']).toBe('1');
     } finally {
-      await admin.config('SET', 'maxmemory', '0');
+      await redis.admin.config('SET', 'maxmemory', '0');
     }
   }, 20_000);
 

@@ -4,25 +4,15 @@
 
 import http from 'node:http';
 import net from 'node:net';
-import Redis from 'ioredis';
 import { startServerProcess as startServer } from '../helpers/proc';
-import { describeWithRedis, startRedis, type RedisServer } from '../helpers/redis';
+import { describeWithRedis, redisForSuite } from '../helpers/redis';
 import { freePort } from '../helpers/free-port';
 import { parseSse, q, request, sseText, startStack, waitFor } from '../helpers/stack';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describeWithRedis('SIGTERM with the journal in Redis', () => {
-  let redis: RedisServer;
-  let admin: Redis;
-  beforeAll(async () => {
-    redis = await startRedis();
-    admin = new Redis(redis.url);
-  }, 20_000);
-  afterAll(async () => {
-    admin?.disconnect();
-    await redis?.stop();
-  });
+  const redis = redisForSuite();
 
   it.each(['sse', 'text'])(
     '(%s) a stream still queued upstream (nothing sent) gets the JSON 503, not an empty 200',
@@ -60,7 +50,7 @@ describeWithRedis('SIGTERM with the journal in Redis', () => {
     });
     const base = await p.ready();
     expect((await request(base + '/readyz')).status).toBe(200);
-    await admin.call('CLIENT', 'PAUSE', '1500');
+    await redis.admin.call('CLIENT', 'PAUSE', '1500');
     const res = request(base + q('waits on redis', '&format=sse'), {
       headers: { accept: 'text/event-stream' },
     });
