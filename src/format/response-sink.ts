@@ -31,6 +31,37 @@ export function heartbeatTickMs(heartbeatMs: number): number {
   return Math.max(1, Math.floor(heartbeatMs / 2));
 }
 
+/**
+ * Keeps a quiet response alive for the formats written outside ResponseSink (batch, `/v1`): at
+ * each tick, `ping()` unless something was written since the tick before. A ping counts as a
+ * write, so a long silence gets one per HEARTBEAT_MS. Stops by itself once the response is gone.
+ */
+export class Heartbeat {
+  private active = false;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(res: ServerResponse, heartbeatMs: number, ping: () => void) {
+    this.timer = setInterval(() => {
+      if (res.destroyed || res.writableEnded) this.stop();
+      else if (this.active) this.active = false;
+      else {
+        ping();
+        this.active = true;
+      }
+    }, heartbeatTickMs(heartbeatMs));
+    this.timer.unref();
+  }
+
+  /** Something was written: no ping at the next tick. */
+  wrote(): void {
+    this.active = true;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
 export class ResponseSink {
   bytesOut = 0;
   /** HTTP status sent, for the log line. */

@@ -9,7 +9,7 @@ import { type IRouter, Router } from 'express';
 import type { Config } from '../config';
 import { ProxyError, withMessage } from '../errors';
 import { clientGone, methodNotAllowed } from '../middleware/errors';
-import { heartbeatTickMs } from '../format/response-sink';
+import { Heartbeat } from '../format/response-sink';
 import type { ChatService } from '../service';
 import type { ChatStream, StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -131,21 +131,14 @@ export function batchRouter(
     });
     // Heartbeats while no prompt sends anything: a `: ping` comment in SSE, a `{"type":"ping"}`
     // line in NDJSON (which has no comments), as on /chat-stream.
-    let wrote = false;
     let bytesOut = 0;
-    const heartbeat = setInterval(() => {
-      // As ResponseSink: a ping counts as a write (one per HEARTBEAT_MS of silence).
-      if (!wrote && !res.destroyed) {
-        bytesOut += format.ping.length;
-        res.write(format.ping);
-        wrote = true;
-      } else wrote = false;
-    }, heartbeatTickMs(config.heartbeatMs));
-    heartbeat.unref();
-    res.on('close', () => clearInterval(heartbeat));
+    const heartbeat = new Heartbeat(res, config.heartbeatMs, () => {
+      bytesOut += format.ping.length;
+      res.write(format.ping);
+    });
     const write = (text: string): boolean => {
       if (res.destroyed) return true;
-      wrote = true;
+      heartbeat.wrote();
       bytesOut += Buffer.byteLength(text);
       const ok = res.write(text);
       if (!ok && !paused) {
@@ -192,7 +185,7 @@ export function batchRouter(
       }
     };
     await Promise.all(Array.from({ length: Math.min(atOnce, bodies.length) }, runner));
-    clearInterval(heartbeat);
+    heartbeat.stop();
     if (!res.destroyed) res.end(format.end);
   });
   router.all('/chat-stream/batch', methodNotAllowed(['POST']));

@@ -5,7 +5,7 @@
 // retries, time limits and resume apply alike. GET /v1/models lists the allowlist.
 
 import type { ServerResponse } from 'node:http';
-import { heartbeatTickMs } from '../format/response-sink';
+import { Heartbeat } from '../format/response-sink';
 import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
@@ -173,8 +173,7 @@ class OpenAiStreamSink implements StreamListener {
   private runEnd = 0;
   private headPending = false;
   /** `: ping` comments while nothing else is sent (a long DeepSeek queue), as on /chat-stream. */
-  private heartbeat: NodeJS.Timeout | undefined;
-  private wroteSinceTick = false;
+  private heartbeat: Heartbeat | undefined;
   constructor(
     private readonly res: ServerResponse,
     private readonly requestId: string,
@@ -192,25 +191,11 @@ class OpenAiStreamSink implements StreamListener {
     });
     // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
     // SSE clients (the openai package, the AI SDK) skip comment lines.
-    this.heartbeat = setInterval(() => this.tick(), heartbeatTickMs(this.heartbeatMs));
-    this.heartbeat.unref();
-  }
-
-  /** Half a heartbeat since the last tick: ping if nothing was written meanwhile. */
-  private tick(): void {
-    if (this.res.destroyed || this.res.writableEnded) {
-      clearInterval(this.heartbeat);
-      return;
-    }
-    if (this.wroteSinceTick) {
-      this.wroteSinceTick = false;
-      return;
-    }
-    this.headPending = false;
-    this.bytesOut += PING.length;
-    this.res.write(PING);
-    // A ping counts as a write: in a long silence, one ping per HEARTBEAT_MS, not per tick.
-    this.wroteSinceTick = true;
+    this.heartbeat = new Heartbeat(this.res, this.heartbeatMs, () => {
+      this.headPending = false;
+      this.bytesOut += PING.length;
+      this.res.write(PING);
+    });
   }
   /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
   chunk(data: string): void {
@@ -251,17 +236,17 @@ class OpenAiStreamSink implements StreamListener {
       return true;
     }
     this.headPending = false;
-    this.wroteSinceTick = true;
+    this.heartbeat?.wrote();
     return this.res.write(out);
   }
   /** The last events, [DONE] and the end of the body in one write. */
   end(): void {
-    clearInterval(this.heartbeat);
+    this.heartbeat?.stop();
     this.headPending = false;
     this.res.end(this.take('data: [DONE]\n\n'));
   }
   fail(err: ProxyError, opened: boolean): void {
-    clearInterval(this.heartbeat);
+    this.heartbeat?.stop();
     if (!opened || !this.res.headersSent) return sendJsonError(this.res, err, this.requestId, this);
     // In-band: an error object the OpenAI SDKs raise as an APIError.
     this.headPending = false;
