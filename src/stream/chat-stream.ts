@@ -126,11 +126,8 @@ export class ChatStream implements DeltaSink {
   private toolCalled = false;
   /** Answer tokens relayed (one per content chunk, as DeepSeek sends them). */
   private answerTokens = 0;
-  /**
-   * Tokens generated, reasoning included (DeepSeek's max_tokens counts the chain of thought):
-   * what is left of max_tokens for a continuation.
-   */
-  private outputTokens = 0;
+  /** Tokens generated before this engine began (a stream taken over), reasoning included. */
+  private readonly tokensBefore: number;
   /** At a continuation: the tokens before it, all and answer only (see spliceUsage). */
   private splicedOutput = 0;
   private splicedAnswer = 0;
@@ -188,7 +185,7 @@ export class ChatStream implements DeltaSink {
   ) {
     if (opts.prefix) this.answerParts.push(opts.prefix);
     this.answerTokens = opts.prefixAnswerTokens ?? opts.prefixTokens ?? 0;
-    this.outputTokens = opts.prefixTokens ?? 0;
+    this.tokensBefore = opts.prefixTokens ?? 0;
     this.json = opts.json;
     this.client = client;
     this.s = settings;
@@ -322,9 +319,9 @@ export class ChatStream implements DeltaSink {
     this.held = undefined;
     const path = resuming ? PREFIX_CHAT_PATH : CHAT_PATH;
     const body = resuming
-      ? prefixContinuationBody(this.body, this.answerParts.join(''), this.outputTokens)
+      ? prefixContinuationBody(this.body, this.answerParts.join(''), this.outputTokens())
       : (this.json ?? this.body);
-    this.splicedOutput = resuming ? this.outputTokens : 0;
+    this.splicedOutput = resuming ? this.outputTokens() : 0;
     this.splicedAnswer = resuming ? this.answerTokens : 0;
     const controller = new UpstreamAbort();
     this.controller = controller;
@@ -525,7 +522,6 @@ export class ChatStream implements DeltaSink {
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
     this.answerTokens++;
-    this.outputTokens++;
     if (this.s.upstreamResumeMax > 0) {
       this.answerParts.push(text);
       if (++this.partsSinceCompact === COMPACT_PARTS) this.compactParts();
@@ -544,7 +540,6 @@ export class ChatStream implements DeltaSink {
     if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
-    this.outputTokens++;
     if (!this.forwardChunks) {
       if (this.splitPair !== '' || isHighSurrogate(text.charCodeAt(text.length - 1))) {
         this.joinPair(text, true);
@@ -643,6 +638,14 @@ export class ChatStream implements DeltaSink {
   }
 
   // ---- helpers, out of the hot path ---------------------------------------------------
+
+  /**
+   * Tokens generated, reasoning included (DeepSeek's max_tokens counts the chain of thought):
+   * what a continuation's max_tokens is taken from.
+   */
+  private outputTokens(): number {
+    return this.tokensBefore + this.stats.tokens;
+  }
 
   /**
    * The last COMPACT_PARTS tokens as one string. A token read on the text path is a slice of its
@@ -746,7 +749,7 @@ export class ChatStream implements DeltaSink {
     )
       return false;
     // The client's max_tokens is spent: there is nothing left to ask for.
-    const left = remainingMaxTokens(this.body, this.outputTokens);
+    const left = remainingMaxTokens(this.body, this.outputTokens());
     if (left !== undefined && left < 1) return false;
     return isRetryable(f);
   }
