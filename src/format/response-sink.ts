@@ -6,6 +6,7 @@
 import type { ServerResponse } from 'node:http';
 import { errorBody, type ProxyError } from '../errors';
 import type { JournalEvent } from '../journal/types';
+import type { TokenSource } from '../stream/interpreter';
 import type { Frames } from './frames';
 
 export interface ResponseSinkOptions {
@@ -68,6 +69,7 @@ export class ResponseSink {
   status = 0;
   /** Most bytes seen waiting in the response's buffer: what a slow reader costs us. */
   peakBuffered = 0;
+  /** Frames not yet written, as one byte string (frames.ts). */
   private pending = '';
   /** open(true) wrote the head into Node's buffer only: the next flush sends it. */
   private headPending = false;
@@ -135,16 +137,16 @@ export class ResponseSink {
     this.res.end();
   }
 
-  /** Hot path: one answer token. */
-  content(text: string, seq: number): void {
+  /** Hot path: one answer token (`src`: its upstream bytes, see TokenSource). */
+  content(text: string, seq: number, src?: TokenSource): void {
     if (this.skip > 0) return this.skipText(text, seq, 'content');
-    this.pending += this.frames.content(text, seq);
+    this.pending += this.frames.content(text, seq, src);
   }
 
-  reasoning(text: string, seq: number): void {
+  reasoning(text: string, seq: number, src?: TokenSource): void {
     if (this.skip > 0 && this.opts.textIncludesReasoning)
       return this.skipText(text, seq, 'reasoning');
-    this.pending += this.frames.reasoning(text, seq);
+    this.pending += this.frames.reasoning(text, seq, src);
   }
 
   /** Write what is pending as one write; false means the client is not keeping up. */
@@ -161,7 +163,8 @@ export class ResponseSink {
     this.headPending = false;
     this.pending = '';
     this.wroteSinceTick = true;
-    if (this.res.write(this.encode(out))) return true;
+    this.bytesOut += out.length;
+    if (this.res.write(out, 'latin1')) return true;
     // Backpressure (rare path): note the high-water mark for the log line.
     if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
     return false;
@@ -196,17 +199,8 @@ export class ResponseSink {
       return;
     }
     this.wroteSinceTick = true;
-    this.res.end(this.encode(out));
-  }
-
-  /**
-   * Encoded once, here, and counted: written as a string, it would be measured twice (our count,
-   * Node's chunked-encoding header) and encoded again by the socket write.
-   */
-  private encode(out: string): Buffer {
-    const bytes = Buffer.from(out);
-    this.bytesOut += bytes.length;
-    return bytes;
+    this.bytesOut += out.length;
+    this.res.end(out, 'latin1');
   }
 
   /** Any journal event (live follow or replay). */

@@ -6,7 +6,7 @@
 import type { ProxyError } from '../errors';
 import type { ResponseSink } from '../format/response-sink';
 import type { StreamListener } from '../stream/chat-stream';
-import type { Usage } from '../stream/interpreter';
+import type { TokenSource, Usage } from '../stream/interpreter';
 import { EVENT_OVERHEAD_BYTES, type JournalEvent, type JournalStore } from './types';
 
 export interface RecorderOptions {
@@ -60,17 +60,17 @@ export class StreamRecorder implements StreamListener {
   }
 
   // Hot path: one token. One small object for the journal; the client gets the text directly.
-  content(text: string): void {
+  content(text: string, src?: TokenSource): void {
     const seq = ++this.seq;
     this.answerStarted = true;
     if (this.journaling) this.record({ seq, kind: 'content', data: text });
-    this.client?.content(text, seq);
+    this.client?.content(text, seq, src);
   }
 
-  reasoning(text: string): void {
+  reasoning(text: string, src?: TokenSource): void {
     const seq = ++this.seq;
     if (this.journaling) this.record({ seq, kind: 'reasoning', data: text });
-    this.client?.reasoning(text, seq);
+    this.client?.reasoning(text, seq, src);
   }
 
   flush(): boolean {

@@ -11,7 +11,14 @@ import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../up
 import { prefixContinuationBody, remainingMaxTokens, type UpstreamBody } from '../upstream/request';
 import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
 import { createSseDecoder } from './decoder';
-import { ByteScan, interpret, interpretBytes, type DeltaSink, type Usage } from './interpreter';
+import {
+  ByteScan,
+  interpret,
+  interpretBytes,
+  type DeltaSink,
+  type TokenSource,
+  type Usage,
+} from './interpreter';
 
 export interface StreamListener {
   /**
@@ -23,10 +30,14 @@ export interface StreamListener {
    * one socket write instead of two.
    */
   open(): void;
-  /** An answer token. Hot path: buffer it; flush() follows once per upstream read. */
-  content(text: string): void;
+  /**
+   * An answer token. Hot path: buffer it; flush() follows once per upstream read. `src`: its
+   * bytes as the upstream sent them, when the token is exactly one upstream token read on the
+   * byte path (see TokenSource: valid during this call only).
+   */
+  content(text: string, src?: TokenSource): void;
   /** A reasoning token (thinking mode). */
-  reasoning(text: string): void;
+  reasoning(text: string, src?: TokenSource): void;
   /** Optional: every upstream chunk's data verbatim, for pass-through formats. */
   chunk?(data: string): void;
   /**
@@ -517,7 +528,7 @@ export class ChatStream implements DeltaSink {
     this.dirty = true;
   }
 
-  content(text: string): void {
+  content(text: string, src?: TokenSource): void {
     if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
@@ -531,12 +542,12 @@ export class ChatStream implements DeltaSink {
         this.joinPair(text, false);
         return;
       }
-      this.listener.content(text);
+      this.listener.content(text, src);
       this.dirty = true;
     }
   }
 
-  reasoning(text: string): void {
+  reasoning(text: string, src?: TokenSource): void {
     if (this.holdChunks) this.releaseHeld();
     if (!this.sentToken) this.firstToken();
     this.stats.tokens++;
@@ -545,7 +556,7 @@ export class ChatStream implements DeltaSink {
         this.joinPair(text, true);
         return;
       }
-      this.listener.reasoning(text);
+      this.listener.reasoning(text, src);
       this.dirty = true;
     }
   }

@@ -11,6 +11,19 @@ export interface Usage {
   [k: string]: unknown;
 }
 
+/**
+ * Where a token read on the byte path came from: the contents of its JSON string literal (no
+ * quotes) as `buf[start, end)`, UTF-8, with its escapes (`escaped`) as the upstream wrote them.
+ * Valid only during the content()/reasoning() call that gets it (one object per stream, reused).
+ * A JSON writer can copy these bytes instead of serialising the token again.
+ */
+export interface TokenSource {
+  buf: Buffer;
+  start: number;
+  end: number;
+  escaped: boolean;
+}
+
 export interface DeltaSink {
   /** Every parsed chunk's data, verbatim, before its deltas (for pass-through formats). */
   chunk(data: string): void;
@@ -19,8 +32,9 @@ export interface DeltaSink {
    * Optional: without it, such chunks are not passed on.
    */
   chunkBytes?(buf: Buffer, start: number, end: number): void;
-  content(text: string): void;
-  reasoning(text: string): void;
+  /** `src`: the token's bytes, when it was read on the byte path. */
+  content(text: string, src?: TokenSource): void;
+  reasoning(text: string, src?: TokenSource): void;
   finish(reason: string, usage: Usage | undefined): void;
   /** Optional: the chunk carries tool-call deltas (they are an answer too, with no token). */
   toolCall?(): void;
@@ -113,6 +127,7 @@ const CONTENT_KEY = Buffer.from('"content":'); // the 10 bytes after it
 const REASONING_REST = Buffer.from('null,"reasoning_content":"');
 const NOT_FINISHED_BYTES = Buffer.from(NOT_FINISHED);
 const USUAL_END = Buffer.from(`${NOT_FINISHED}}]}`); // how DeepSeek's token chunks end
+const EMPTY = Buffer.alloc(0);
 
 /**
  * The first place of `needle` in `buf` at or after `from`, remembered: Buffer.indexOf has no end
@@ -161,12 +176,17 @@ export class ByteScan {
   /** The checked envelope, as bytes (interpretBytes)... */
   head: Buffer | undefined;
   tail: Buffer | undefined;
+  /** The checked byte envelope is a reasoning chunk's (`"content":null,"reasoning_content":"`). */
+  headIsReasoning = false;
+  /** The last token's bytes, handed to the sink with it. */
+  readonly token: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
   /** ...and as text (interpret). */
   text: { head: string; tail: string } | undefined;
 
   clear(): void {
     this.brace.clear();
     this.notFinished.clear();
+    this.token.buf = EMPTY;
   }
 }
 
@@ -182,6 +202,22 @@ export function interpretBytes(
   scan: ByteScan,
   sink: DeltaSink,
 ): void {
+  // Almost every event is a token chunk in the envelope checked before: try that first. Its
+  // token starts right after the known head and ends right before the known tail, so no search.
+  const head = scan.head;
+  const tail = scan.tail;
+  if (head !== undefined && tail !== undefined) {
+    const p = start + head.length;
+    const q = end - tail.length;
+    if (q >= p && buf[q] === 34 /* " */) {
+      const text = knownToken(buf, start, p, q, end, head, tail, scan.token);
+      if (text !== undefined) {
+        sink.chunkBytes?.(buf, start, end);
+        handToken(sink, text, scan.headIsReasoning, scan.token);
+        return;
+      }
+    }
+  }
   // The first `"delta":{"content":` is where its `{` is the first `{` that completes it.
   let brace = scan.brace.find(buf, start + DELTA_KEY.length);
   while (brace !== -1 && brace < end) {
@@ -193,18 +229,26 @@ export function interpretBytes(
         p += REASONING_REST.length;
         reasoning = true;
       } else break;
-      const text = tokenAt(buf, start, p, end, scan);
+      const text = tokenAt(buf, start, p, end, scan, reasoning);
       if (text === undefined) break;
       sink.chunkBytes?.(buf, start, end);
-      if (text.length > 0) {
-        if (reasoning) sink.reasoning(text);
-        else sink.content(text);
-      }
+      handToken(sink, text, reasoning, scan.token);
       return;
     }
     brace = scan.brace.find(buf, brace + 1);
   }
   interpret(buf.toString('utf8', start, end), sink, scan);
+}
+
+/**
+ * A byte-path token to the sink, with its bytes unless they were not valid UTF-8 (the text has
+ * U+FFFD for them): a writer copying them would send invalid UTF-8 on.
+ */
+function handToken(sink: DeltaSink, text: string, reasoning: boolean, token: TokenSource): void {
+  if (text.length === 0) return;
+  const src = text.indexOf('\uFFFD') === -1 ? token : undefined;
+  if (reasoning) sink.reasoning(text, src);
+  else sink.content(text, src);
 }
 
 /** `what` at buf[p...]; false past the end of buf. */
@@ -224,6 +268,7 @@ function tokenAt(
   p: number,
   end: number,
   scan: ByteScan,
+  reasoning: boolean,
 ): string | undefined {
   let q = p;
   let escaped = false;
@@ -259,7 +304,56 @@ function tokenAt(
     if (!isJson(buf.toString('utf8', start, end))) return undefined;
     scan.head = Buffer.from(buf.subarray(start, p));
     scan.tail = Buffer.from(buf.subarray(q, end));
+    scan.headIsReasoning = reasoning;
   }
+  return decodeLiteral(buf, p, q, escaped, scan.token);
+}
+
+/**
+ * The token of an event `buf[start, end)` whose known head ends at `p` and whose tail starts at
+ * `q` (a quote), if the bytes between are one whole string literal and head and tail are the
+ * checked envelope's, byte for byte.
+ */
+function knownToken(
+  buf: Buffer,
+  start: number,
+  p: number,
+  q: number,
+  end: number,
+  head: Buffer,
+  tail: Buffer,
+  src: TokenSource,
+): string | undefined {
+  let escaped = false;
+  for (let i = p; i < q; i++) {
+    const b = buf[i]!;
+    // A quote here would end the literal before the tail; a raw control character is not JSON.
+    if (b === 34 /* " */ || b < 32) return undefined;
+    if (b === 92 /* \ */) {
+      escaped = true;
+      i++; // the escaped byte; an escape of the tail's quote leaves i at q and fails below
+      if (i >= q) return undefined;
+    }
+  }
+  if (head.compare(buf, start, p) !== 0 || tail.compare(buf, q, end) !== 0) return undefined;
+  return decodeLiteral(buf, p, q, escaped, src);
+}
+
+/**
+ * The string literal's contents `buf[p, q)`, unescaped, with `src` set to them; undefined for a
+ * bad escape.
+ */
+function decodeLiteral(
+  buf: Buffer,
+  p: number,
+  q: number,
+  escaped: boolean,
+  src: TokenSource,
+): string | undefined {
+  src.buf = buf;
+  src.start = p;
+  src.end = q;
+  src.escaped = escaped;
   const raw = buf.toString('utf8', p, q);
   if (!escaped) return raw;
   try {

@@ -23,7 +23,7 @@ const FINISH = line('{"content":""}', '"stop"', ',"usage":{"total_tokens":3}');
 const SCRIPTS: Record<
   string,
   {
-    chunks: string[];
+    chunks: Array<string | Buffer>;
     then: 'done' | 'reset' | 'stall';
     failFirst?: number;
     /** The second request (the continuation) is refused with 503 and retry-after-ms: 300. */
@@ -126,6 +126,26 @@ const SCRIPTS: Record<
   'early-close-once': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 1 },
   'early-close-always': { chunks: [ROLE, token('A'), FINISH], then: 'done', failFirst: 99 },
 };
+/** A token chunk with its literal as the upstream wrote it (escapes, or bytes that are not UTF-8). */
+const literal = (raw: string | Buffer) =>
+  Buffer.concat([
+    Buffer.from(line('{"content":"@"}').split('@')[0]!),
+    Buffer.from(raw),
+    Buffer.from(line('{"content":"@"}').split('@')[1]!),
+  ]);
+SCRIPTS['escapes-as-sent'] = {
+  chunks: [
+    ROLE,
+    literal('Caf\\u00e9'),
+    literal(' \\"q\\"\\n'),
+    literal('流式'),
+    literal('\\ud83d\\ude80'),
+    literal(Buffer.from([0x20, 0xff])), // a space and a byte that is not UTF-8
+    FINISH,
+  ],
+  then: 'done',
+};
+const ESCAPES_READ = 'Café "q"\n流式🚀 \ufffd';
 const served = new Map<string, number>();
 const times: number[] = [];
 
@@ -244,6 +264,34 @@ describe('an emoji whose surrogate halves come in two events', () => {
     const { events } = parseSse(res.body);
     expect(sseText(events)).toBe('a\u{1F600}b');
     expect(events.at(-1)!.event).toBe('done');
+  });
+});
+
+describe('token literals in any escape form, and bytes that are not UTF-8', () => {
+  it('SSE: the client reads the tokens; escapes go out as sent; the body is UTF-8; a replay reads the same', async () => {
+    const res = await request(stack.url + q('escapes-as-sent', '&format=sse&thinking=false'));
+    expect(res.status).toBe(200);
+    const { events } = parseSse(res.body);
+    expect(sseText(events)).toBe(ESCAPES_READ);
+    expect(events.at(-1)!.event).toBe('done');
+    // Copied from the upstream's bytes, not serialised again.
+    expect(res.body).toContain('data: {"content":"Caf\\u00e9"}');
+    expect(res.body).toContain('data: {"content":"\\ud83d\\ude80"}');
+    const bytes = Buffer.concat(res.chunks);
+    expect(Buffer.from(bytes.toString('utf8'), 'utf8').equals(bytes)).toBe(true);
+
+    const id = res.headers['x-request-id'] as string;
+    const replay = await request(stack.url + q('escapes-as-sent', '&format=sse&thinking=false'), {
+      headers: { 'Last-Event-ID': `${id}:0` },
+    });
+    expect(sseText(parseSse(replay.body).events)).toBe(ESCAPES_READ);
+  });
+
+  it('text: the decoded tokens', async () => {
+    const res = await request(stack.url + q('escapes-as-sent', '&format=text&thinking=false'));
+    expect(res.status).toBe(200);
+    expect(res.body).toBe(ESCAPES_READ);
+    expect(res.complete).toBe(true);
   });
 });
 

@@ -176,6 +176,54 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     expect(bytes).toEqual(expected);
   });
 
+  it("hands each token's literal bytes along, unless they were not valid UTF-8", () => {
+    const seen: Array<[string, string | undefined, boolean | undefined]> = [];
+    const sink: DeltaSink = {
+      ...recorder([]),
+      content: (t, src) =>
+        seen.push([t, src && src.buf.toString('latin1', src.start, src.end), src?.escaped]),
+      reasoning: (t, src) =>
+        seen.push([`(r)${t}`, src && src.buf.toString('latin1', src.start, src.end), src?.escaped]),
+    };
+    const lit = (t: string | Buffer) =>
+      Buffer.concat([
+        Buffer.from(`${head}{"content":"`),
+        Buffer.from(t),
+        Buffer.from('"},"logprobs":null,"finish_reason":null}]}'),
+      ]);
+    const scan = new ByteScan();
+    const feed = (data: string | Buffer) => {
+      const buf = Buffer.concat([Buffer.from('data: '), Buffer.from(data), Buffer.from('\n\n')]);
+      interpretBytes(buf, 6, buf.length - 2, scan, sink);
+    };
+    feed(thought('hm'));
+    feed(lit('plain'));
+    feed(lit('caf\\u00e9 \\"q\\"\\n'));
+    feed(lit('流'));
+    feed(lit(Buffer.from([0x62, 0x61, 0x64, 0x20, 0xff, 0xfe]))); // "bad " and two non-UTF-8 bytes
+    expect(seen).toEqual([
+      ['(r)hm', 'hm', false],
+      ['plain', 'plain', false],
+      ['café "q"\n', 'caf\\u00e9 \\"q\\"\\n', true],
+      ['流', Buffer.from('流').toString('latin1'), false],
+      ['bad \ufffd\ufffd', undefined, undefined],
+    ]);
+  });
+
+  it('a chunk in the checked envelope with more than one string between head and tail', () => {
+    // Same head, same tail, and a token region that is not one literal: never a token of it.
+    const twoFields = `${head}{"content":"a","x":"b"},"logprobs":null,"finish_reason":null}]}`;
+    const endsEscaped = `${head}{"content":"a\\"},"logprobs":null,"finish_reason":null}]}`;
+    const { text, bytes } = both([token('first'), twoFields, token('next'), endsEscaped]);
+    expect(bytes).toEqual(text);
+    expect(bytes).toEqual([
+      ['content', 'first'],
+      ['content', 'a'],
+      ['content', 'next'],
+      ['invalid', expect.stringContaining('malformed upstream event')],
+    ]);
+  });
+
   it('tokens, reasoning, escapes, multi-byte text, finish, usage, [DONE]', () => {
     const data = [
       `${head}{"role":"assistant","content":null,"reasoning_content":null},"logprobs":null,"finish_reason":null}]}`,
