@@ -168,15 +168,22 @@ export class ChatStream implements DeltaSink {
   private endError: unknown;
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
-  private readonly flushNow = (): void => {
+  /** The upstream body had data this event-loop turn (the idle timer was refreshed). */
+  private turnSeen = false;
+  /** The end of an event-loop turn in which the upstream body had data. */
+  private readonly endOfTurn = (): void => {
     this.flushScheduled = false;
+    this.turnSeen = false;
+    this.flushNow();
+  };
+  private flushNow(): void {
     this.firstPending = false;
     this.unflushed = 0;
     // Before the response began, what was handed over waits (chunks before the first token).
     if (!this.dirty || !this.opened) return;
     this.dirty = false;
     if (!this.listener.flush()) this.pause();
-  };
+  }
 
   constructor(
     client: UpstreamClient,
@@ -387,8 +394,20 @@ export class ChatStream implements DeltaSink {
         this.s.maxEventBytes,
       );
       const onData = (buf: Buffer) => {
-        // Hot path: one read from the upstream socket. Keep-alive comments count as liveness.
-        this.idleTimer?.refresh();
+        // Hot path: one chunk of the upstream body (DeepSeek sends one per event, and one socket
+        // read can bring many). Keep-alive comments count as liveness. The idle timer is
+        // refreshed once per event-loop turn: the loop's clock stands still within a turn, so
+        // refreshing again re-armed it for the same time (a timer-list move and a clock call
+        // per token, for nothing); the end-of-turn callback is scheduled here and clears the
+        // flag.
+        if (!this.turnSeen) {
+          this.turnSeen = true;
+          this.idleTimer?.refresh();
+          if (!this.flushScheduled) {
+            this.flushScheduled = true;
+            setImmediate(this.endOfTurn);
+          }
+        }
         this.stats.bytesIn += buf.length;
         try {
           decoder.feed(buf);
@@ -409,12 +428,10 @@ export class ChatStream implements DeltaSink {
         // Past 64 KiB read since the last write, write now: the buffer stays small for
         // backpressure to act on.
         this.unflushed += buf.length;
-        if (!this.dirty) return;
-        // The first token goes out at the end of its read: it is what time to first token measures.
-        if (this.firstPending || this.unflushed >= FLUSH_NOW_BYTES) this.flushNow();
-        else if (!this.flushScheduled) {
-          this.flushScheduled = true;
-          setImmediate(this.flushNow);
+        // The first token goes out at the end of its chunk: it is what time to first token
+        // measures. Anything else waits for the end of the turn (scheduled above).
+        if (this.dirty && (this.firstPending || this.unflushed >= FLUSH_NOW_BYTES)) {
+          this.flushNow();
         }
       };
       const onEnd = () => {

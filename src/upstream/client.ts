@@ -5,7 +5,9 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { flattenHead } from '../http-server';
 import axios, {
   type AxiosInstance,
   type AxiosResponse,
@@ -84,6 +86,38 @@ const KEPT_DEFAULTS = new Set([
   'headers',
 ]);
 
+// The two closures below outlive the request's set-up (the abort handle lives as long as the
+// stream, the socket's listener until it connects or closes), so they are made here, where they
+// hold only what they use: made inside the adapter, each kept its whole scope alive, axios's
+// config and the promise's resolve with its response included.
+
+function ignore(): void {}
+
+/** The abort handle's callback: destroy the request. */
+function destroyer(req: http.ClientRequest): () => void {
+  return () => req.destroy(new UpstreamAbortedError());
+}
+
+/** Destroy the request if its fresh socket has not connected within `ms`. */
+function armConnectLimit(
+  req: http.ClientRequest,
+  socket: Socket,
+  ms: number,
+  secure: boolean,
+): void {
+  const timer = setTimeout(() => req.destroy(new ConnectTimeoutError(ms)), ms);
+  timer.unref();
+  const connected = secure ? 'secureConnect' : 'connect';
+  const clear = (): void => {
+    clearTimeout(timer);
+    // Either event ends the wait: the other listener goes too (a pooled socket lives on).
+    socket.off(connected, clear);
+    socket.off('close', clear);
+  };
+  socket.once(connected, clear);
+  socket.once('close', clear);
+}
+
 export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClient {
   const agentOptions = { keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 64 };
   const httpAgent = new http.Agent(agentOptions);
@@ -117,19 +151,15 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
         headers: config.headers.toJSON() as http.OutgoingHttpHeaders,
         agent,
       });
-      if (abort) abort.onAbort = () => req.destroy(new UpstreamAbortedError());
-      req.once('socket', (socket) => {
-        if (!socket.connecting) return;
-        const timer = setTimeout(
-          () => req.destroy(new ConnectTimeoutError(opts.connectTimeoutMs)),
-          opts.connectTimeoutMs,
-        );
-        timer.unref();
-        const clear = () => clearTimeout(timer);
-        socket.once(https_ ? 'secureConnect' : 'connect', clear);
-        socket.once('close', clear);
+      if (abort) abort.onAbort = destroyer(req);
+      req.once('socket', (socket: Socket) => {
+        if (socket.connecting) armConnectLimit(req, socket, opts.connectTimeoutMs, https_);
       });
       req.once('response', (res) => {
+        // Later errors are the body's (the engine reads them there); this listener would keep
+        // the settled promise, its response and axios's config for the whole stream.
+        req.off('error', reject);
+        req.on('error', ignore);
         resolve({
           data: res,
           status: res.statusCode ?? 0,
@@ -143,6 +173,7 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
       });
       req.once('error', reject);
       req.end(config.data as string | undefined);
+      flattenHead(req); // kept for the whole stream
     });
 
   const headers = {

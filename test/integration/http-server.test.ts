@@ -8,6 +8,8 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type { AddressInfo } from 'node:net';
 import { createApp, type ProxyApp } from '../../src/app';
 import { testConfig, type Config } from '../../src/config';
@@ -15,10 +17,16 @@ import { createHttpServer, type TlsFiles } from '../../src/http-server';
 import { createLogger } from '../../src/log';
 import { startSimulator, type Simulator } from '../../src/simulator/server';
 
+v8.setFlagsFromString('--allow-natives-syntax');
+const hasFastProperties = vm.runInNewContext('(o) => %HasFastProperties(o)') as (
+  o: object,
+) => boolean;
+
 interface Arrival {
   reqProto: object | null;
   resProto: object | null;
   req: http.IncomingMessage;
+  res: http.ServerResponse;
 }
 
 interface Served {
@@ -57,6 +65,7 @@ async function serve(overrides: Partial<Config> = {}, tls?: TlsFiles): Promise<S
       reqProto: Object.getPrototypeOf(req),
       resProto: Object.getPrototypeOf(res),
       req,
+      res,
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -103,6 +112,19 @@ describe('createHttpServer', () => {
     const req = s.arrivals[0]!.req as http.IncomingMessage & { app?: unknown };
     expect(req).toBeInstanceOf(http.IncomingMessage);
     expect(req.app).toBe(s.app);
+  });
+
+  it('gives res.locals fast properties and no inherited ones, and Express keeps it', async () => {
+    const s = await serve();
+    const res = await get(s.port, '/chat-stream?format=text&prompt=hi%20[[tokens=2]]');
+    expect(res.status).toBe(200);
+    const locals = (s.arrivals[0]!.res as http.ServerResponse & { locals: Record<string, unknown> })
+      .locals;
+    expect(locals.requestId).toBe(res.headers['x-request-id']);
+    // Express's own, Object.create(null), is a dictionary-mode object (a hash table each).
+    expect(hasFastProperties(locals)).toBe(true);
+    expect(Object.getPrototypeOf(Object.getPrototypeOf(locals))).toBeNull();
+    expect('toString' in locals || 'constructor' in locals).toBe(false);
   });
 
   it("keeps Express's request and response API: a stream, headers, JSON errors", async () => {
