@@ -80,8 +80,11 @@ export class ChatService {
     return Math.max(0, this.config.maxConcurrentStreams - this.active.size);
   }
 
-  /** Start a stream; resolves when it has ended (listener told), never rejects. */
-  async run(
+  /**
+   * Start a stream; resolves when it has ended (listener told), never rejects. Not an async
+   * function: one suspended for each stream's length kept a generator and its registers.
+   */
+  run(
     body: UpstreamBody,
     listener: StreamListener,
     meta: StreamMeta,
@@ -96,24 +99,31 @@ export class ChatService {
       /** `body` already serialised; sent as is. */
       json?: string;
     },
-  ) {
+  ): Promise<void> {
     const stream = new ChatStream(this.client, this.settings, body, listener, opts);
     this.active.add(stream);
     this.metrics?.activeStreams.inc();
     if (meta.handoff) this.handoffs.set(stream, meta.handoff);
-    bind(stream);
+    let running: Promise<void>;
     try {
-      await stream.run();
-    } finally {
-      this.active.delete(stream);
-      this.handoffs.delete(stream);
-      this.metrics?.activeStreams.dec();
-      this.logFinished(stream, meta);
-      if (this.active.size === 0) {
-        const waiters = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const w of waiters) w();
-      }
+      bind(stream);
+      running = stream.run();
+    } catch (err) {
+      this.ended(stream, meta);
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    return running.then(() => this.ended(stream, meta));
+  }
+
+  private ended(stream: ChatStream, meta: StreamMeta): void {
+    this.active.delete(stream);
+    this.handoffs.delete(stream);
+    this.metrics?.activeStreams.dec();
+    this.logFinished(stream, meta);
+    if (this.active.size === 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
     }
   }
 

@@ -106,7 +106,7 @@ export function chatStreamRouter(
     return startStream(res, requestId, parsed, body, request, clientChoseId);
   };
 
-  async function startStream(
+  function startStream(
     res: Response,
     requestId: string,
     parsed: ChatStreamRequest,
@@ -164,8 +164,8 @@ export function chatStreamRouter(
       },
       { json },
     );
-    await run;
-    recorder.abandoned();
+    // Not awaited: an async function suspended for the stream's length keeps a generator.
+    return run.then(() => recorder.abandoned());
   }
 
   /** SSE resume after `<requestId>:<seq>`. */

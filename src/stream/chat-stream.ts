@@ -234,8 +234,52 @@ export class ChatStream implements DeltaSink {
       this.s.streamMaxDurationMs,
     );
     total.unref();
+    // One async function for the whole stream (the attempts, retries and continuations): each
+    // one suspended for a stream's length is a generator, its registers and promises kept.
     try {
-      await this.loop();
+      let retries = 0;
+      for (;;) {
+        if (this.stopped) return;
+        const result = await this.attempt();
+        if (result.ok) {
+          // The listener was told already, when the attempt settled (complete()).
+          if (this.endError !== undefined) throw this.endError;
+          return;
+        }
+        if (this.stopped) return;
+        const { failure, error } = result;
+        if (!this.sentToken) {
+          // Before the first token nothing reached the client: a retry is invisible.
+          if (isRetryable(failure) && retries < this.s.retryMax) {
+            if (!this.opened) {
+              this.listener.discard?.();
+              this.dirty = false;
+              this.forwardedPreToken = false;
+              // The hold is for one accepted request waiting for its first token (a queue), not
+              // for retries: it starts again at the next attempt's 200.
+              this.clearHead();
+            }
+            const delay = backoffDelay(retries, this.backoff(), result.headers);
+            retries++;
+            this.stats.retries++;
+            await this.sleep(delay);
+            continue;
+          }
+          this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
+          return;
+        }
+        if (this.canResume(failure)) {
+          // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
+          // honoured; after a broken connection the answer continues at once.
+          if (failure.kind === 'http') {
+            await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
+          }
+          this.stats.resumes++;
+          continue;
+        }
+        this.finishFailed(error);
+        return;
+      }
     } catch (err) {
       // A bug here must end this stream only, never the process.
       this.finishFailed(new ProxyError('internal_error', 'internal error', { cause: err }));
@@ -243,52 +287,6 @@ export class ChatStream implements DeltaSink {
       clearTimeout(total);
       this.clearIdle();
       this.clearHead();
-    }
-  }
-
-  private async loop(): Promise<void> {
-    let retries = 0;
-    for (;;) {
-      if (this.stopped) return;
-      const result = await this.attempt();
-      if (result.ok) {
-        // The listener was told already, when the attempt settled (complete()).
-        if (this.endError !== undefined) throw this.endError;
-        return;
-      }
-      if (this.stopped) return;
-      const { failure, error } = result;
-      if (!this.sentToken) {
-        // Before the first token nothing reached the client: a retry is invisible.
-        if (isRetryable(failure) && retries < this.s.retryMax) {
-          if (!this.opened) {
-            this.listener.discard?.();
-            this.dirty = false;
-            this.forwardedPreToken = false;
-            // The hold is for one accepted request waiting for its first token (a queue), not
-            // for retries: it starts again at the next attempt's 200.
-            this.clearHead();
-          }
-          const delay = backoffDelay(retries, this.backoff(), result.headers);
-          retries++;
-          this.stats.retries++;
-          await this.sleep(delay);
-          continue;
-        }
-        this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
-        return;
-      }
-      if (this.canResume(failure)) {
-        // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
-        // honoured; after a broken connection the answer continues at once.
-        if (failure.kind === 'http') {
-          await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
-        }
-        this.stats.resumes++;
-        continue;
-      }
-      this.finishFailed(error);
-      return;
     }
   }
 
