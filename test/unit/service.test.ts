@@ -19,13 +19,22 @@ const client: UpstreamClient = {
   post: () => Promise.reject(new Error('not reached')),
   close: () => undefined,
 };
-const body = { model: 'deepseek-v4-flash', messages: [{ role: 'user' as const, content: 'hi' }] };
+const body = {
+  model: 'deepseek-v4-flash',
+  messages: [{ role: 'user' as const, content: 'hi' }],
+  stream: true as const,
+};
 
 it('a stream whose bind() throws is rejected and forgotten, and a drain does not wait for it', async () => {
   const service = new ChatService(testConfig(), client, createLogger('silent'));
-  const run = service.run(body, listener, { requestId: 'r1', route: '/chat-stream' }, () => {
-    throw new Error('bind failed');
-  });
+  const run = service.run(
+    body,
+    listener,
+    { requestId: 'r1', route: '/chat-stream', format: 'sse', model: 'deepseek-v4-flash' },
+    () => {
+      throw new Error('bind failed');
+    },
+  );
   await expect(run).rejects.toThrow('bind failed');
   expect(service.active.size).toBe(0);
   const drained = await Promise.race([
