@@ -11,6 +11,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Express } from 'express';
+import { flattenHead } from './flat';
 import { answerClientError } from './middleware/errors';
 
 export interface RequestClasses {
@@ -55,21 +56,6 @@ function writeHeadFlat(this: http.ServerResponse, ...args: unknown[]): http.Serv
   (nodeWriteHead as (...a: unknown[]) => unknown).apply(this, args);
   flattenHead(this);
   return this;
-}
-
-let _flatSink = 0;
-
-/**
- * Node builds a message's head (`_header`, kept until the message is done) by concatenation, one
- * piece per header line; V8 keeps such a string as a tree of the pieces until something reads
- * its characters. A response with helmet's headers was about 90 string objects (2.9 KiB) held
- * for the life of each stream. Reading a character makes V8 flatten the string in place: one
- * string of the head's bytes, the pieces garbage. Read-only: the head is the same string.
- */
-export function flattenHead(message: http.OutgoingMessage): void {
-  const head = (message as { _header?: unknown })._header;
-  // The result is kept so the read cannot be optimised away.
-  if (typeof head === 'string' && head.length > 0) _flatSink ^= head.charCodeAt(head.length - 1);
 }
 
 /** `proto` takes the place of `current` (Object.create(express.x, { app })): same chain, same app. */

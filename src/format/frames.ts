@@ -6,6 +6,7 @@
 // Written with the 'latin1' encoding, a frame's length is its size in bytes and the socket write
 // copies it without encoding; the whole reply is never turned into UTF-8 from UTF-16 again.
 
+import { flatten } from '../flat';
 import type { TokenSource } from '../stream/interpreter';
 
 export interface Frames {
@@ -59,39 +60,53 @@ function plain(text: string, src: TokenSource | undefined): string {
  * The request id is ASCII (middleware/request-id.ts).
  */
 export function sseFrames(requestId: string, retryMs: number, afterSeq = 0): Frames {
-  const id = `id: ${requestId}:`;
-  return {
-    contentType: 'text/event-stream; charset=utf-8',
-    preamble: `retry: ${retryMs}\n${id}${afterSeq}\n\n`,
-    content(text, seq, src) {
-      return `${id}${seq}\ndata: {"content":"${literal(text, src)}"}\n\n`;
-    },
-    reasoning(text, seq, src) {
-      return `event: reasoning\n${id}${seq}\ndata: {"content":"${literal(text, src)}"}\n\n`;
-    },
-    done(data, seq) {
-      return `event: done\n${id}${seq}\ndata: ${byteString(data)}\n\n`;
-    },
-    error(data, seq) {
-      return `event: error\n${id}${seq}\ndata: ${byteString(data)}\n\n`;
-    },
-    ping: ': ping\n\n',
-  };
+  return new SseFrames(requestId, retryMs, afterSeq);
 }
 
-/** Plain text: the answer's tokens concatenated; reasoning only when asked for. */
+/** A class: one object per stream, not four closures and their context. */
+class SseFrames implements Frames {
+  readonly contentType = 'text/event-stream; charset=utf-8';
+  readonly preamble: string;
+  readonly ping = ': ping\n\n';
+  /** `id: <requestId>:`, before every event's seq. */
+  private readonly id: string;
+
+  constructor(requestId: string, retryMs: number, afterSeq: number) {
+    // Built once and read for every token: one string, not a tree of its pieces (flatten()).
+    this.id = flatten(`id: ${requestId}:`);
+    this.preamble = flatten(`retry: ${retryMs}\n${this.id}${afterSeq}\n\n`);
+  }
+
+  content(text: string, seq: number, src?: TokenSource): string {
+    return `${this.id}${seq}\ndata: {"content":"${literal(text, src)}"}\n\n`;
+  }
+  reasoning(text: string, seq: number, src?: TokenSource): string {
+    return `event: reasoning\n${this.id}${seq}\ndata: {"content":"${literal(text, src)}"}\n\n`;
+  }
+  done(data: string, seq: number): string {
+    return `event: done\n${this.id}${seq}\ndata: ${byteString(data)}\n\n`;
+  }
+  error(data: string, seq: number): string {
+    return `event: error\n${this.id}${seq}\ndata: ${byteString(data)}\n\n`;
+  }
+}
+
+const noText = (): string => '';
+
+/** Plain text: the answer's tokens concatenated; reasoning only when asked for. Shared. */
+const TEXT_FRAMES: readonly Frames[] = [false, true].map((includeReasoning) => ({
+  contentType: 'text/plain; charset=utf-8',
+  preamble: '',
+  content: (text: string, _seq: number, src?: TokenSource) => plain(text, src),
+  reasoning: includeReasoning
+    ? (text: string, _seq: number, src?: TokenSource) => plain(text, src)
+    : noText,
+  done: noText,
+  error: () => null,
+  ping: null,
+}));
+
+/** Plain text frames (no per-stream state: one of two shared objects). */
 export function textFrames(includeReasoning: boolean): Frames {
-  return {
-    contentType: 'text/plain; charset=utf-8',
-    preamble: '',
-    content: (text, _seq, src) => plain(text, src),
-    reasoning: includeReasoning ? (text, _seq, src) => plain(text, src) : empty,
-    done: empty,
-    error: () => null,
-    ping: null,
-  };
-}
-
-function empty(): string {
-  return '';
+  return TEXT_FRAMES[includeReasoning ? 1 : 0]!;
 }

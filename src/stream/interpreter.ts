@@ -104,8 +104,8 @@ function fastToken(data: string, mark: string, scan: ByteScan | undefined): stri
     if (data.indexOf(NOT_FINISHED, end) === -1 || data.charCodeAt(data.length - 1) !== 125) {
       return undefined;
     }
-    // A new envelope: well-formed JSON, or the slow path reports it.
-    if (!isJson(data)) return undefined;
+    // A new envelope: one plain token chunk, or the full parse deals with it.
+    if (!isPlainTokenChunk(data, mark === REASONING_MARK)) return undefined;
     if (scan) scan.text = { head: data.slice(0, start), tail: data.slice(end) };
   }
   const raw = data.slice(start, end);
@@ -192,11 +192,24 @@ export class ByteScan {
   /** The last token's bytes, handed to the sink with it. */
   readonly token: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
 
-  setEnvelope(head: Buffer, tail: Buffer, reasoning: boolean): void {
-    this.head = head;
-    this.tail = tail;
+  /**
+   * Keep the envelope of `buf[start, end)` whose token literal is `[p, q)`. One allocation of its
+   * own, not Node's pool: a small Buffer is a slice of a shared 8 KiB block, and a slice kept for
+   * a stream's length keeps the whole block.
+   */
+  setEnvelope(buf: Buffer, start: number, p: number, q: number, end: number, reasoning: boolean) {
+    const headLength = p - start;
+    const tailLength = end - q;
+    const jointLength = tailLength + NEXT_EVENT.length + headLength;
+    // The joint is tail, NEXT_EVENT, head: the head and the tail are its ends.
+    const own = Buffer.allocUnsafeSlow(jointLength);
+    buf.copy(own, 0, q, end);
+    NEXT_EVENT.copy(own, tailLength);
+    buf.copy(own, tailLength + NEXT_EVENT.length, start, p);
+    this.joint = own.subarray(0, jointLength);
+    this.head = own.subarray(jointLength - headLength, jointLength);
+    this.tail = own.subarray(0, tailLength);
     this.headIsReasoning = reasoning;
-    this.joint = Buffer.concat([tail, NEXT_EVENT, head]);
     this.nextBuf = undefined;
   }
 
@@ -319,12 +332,8 @@ function tokenAt(
       if (nf === -1 || nf + NOT_FINISHED_BYTES.length > end) return undefined;
     }
     // A new envelope: well-formed JSON, or the slow path reports it. Copied: `buf` is Node's.
-    if (!isJson(buf.toString('utf8', start, end))) return undefined;
-    scan.setEnvelope(
-      Buffer.from(buf.subarray(start, p)),
-      Buffer.from(buf.subarray(q, end)),
-      reasoning,
-    );
+    if (!isPlainTokenChunk(buf.toString('utf8', start, end), reasoning)) return undefined;
+    scan.setEnvelope(buf, start, p, q, end, reasoning);
   }
   return decodeLiteral(buf, p, q, escaped, scan.token);
 }
@@ -474,13 +483,32 @@ function hasControl(raw: string): boolean {
   return false;
 }
 
-function isJson(text: string): boolean {
+/**
+ * The check that makes an envelope known (done once per envelope: its later chunks differ only
+ * in the token): the chunk parses, and it is nothing but one token. One choice, not finishing,
+ * whose delta holds the token and nothing else; no error, no usage. Anything else (an error
+ * object beside the choices, a second choice, a finish beside a nested `finish_reason: null`)
+ * goes to the full parse, which reads it whole.
+ */
+function isPlainTokenChunk(data: string, reasoning: boolean): boolean {
+  let chunk: Chunk;
   try {
-    JSON.parse(text);
-    return true;
+    chunk = JSON.parse(data) as Chunk;
   } catch {
     return false;
   }
+  if (chunk === null || typeof chunk !== 'object' || Array.isArray(chunk)) return false;
+  if (chunk.error != null || chunk.usage != null) return false;
+  const choices = chunk.choices;
+  if (!Array.isArray(choices) || choices.length !== 1) return false;
+  const choice = choices[0];
+  if (choice === null || typeof choice !== 'object' || choice.finish_reason != null) return false;
+  const delta = choice.delta;
+  if (delta === null || typeof delta !== 'object') return false;
+  const keys = Object.keys(delta).length;
+  return reasoning
+    ? keys === 2 && delta.content === null && typeof delta.reasoning_content === 'string'
+    : keys === 1 && typeof delta.content === 'string';
 }
 
 function describeBad(data: string): string {

@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { flattenHead } from '../http-server';
+import { flattenHead } from '../flat';
 import axios, {
   type AxiosInstance,
   type AxiosResponse,

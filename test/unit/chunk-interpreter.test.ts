@@ -210,6 +210,42 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     ]);
   });
 
+  it('a first token chunk that is more than a token is read whole, never its envelope kept', () => {
+    const tail = ',"logprobs":null,"finish_reason":null}]}';
+    const withError = `{"error":{"message":"boom"},"choices":[{"index":0,"delta":{"content":"hi"}${tail}`;
+    const nestedNull = `${head}{"content":"hi"},"x":{"finish_reason":null},"finish_reason":"stop"}]}`;
+    const twoChoices =
+      `${head}{"content":"hi"},"logprobs":null,"finish_reason":null},` +
+      `{"index":1,"delta":{"content":"yo"}${tail}`;
+    for (const [data, expected] of [
+      [withError, [['upstreamError', 'boom']]],
+      [
+        nestedNull,
+        [
+          ['content', 'hi'],
+          ['finish', 'stop', undefined],
+        ],
+      ],
+      [twoChoices, [['content', 'hi']]],
+    ] as const) {
+      const { text, bytes } = both([data, token('next')], new ByteScan());
+      expect(text).toEqual([...expected, ['content', 'next']]);
+      expect(bytes).toEqual(text);
+    }
+  });
+
+  it("keeps a stream's envelope in a buffer of its own, not a slice of Node's shared pool", () => {
+    const scan = new ByteScan();
+    const buf = Buffer.from(`data: ${token('a')}\n\ndata: ${token('b')}\n\n`);
+    const first = buf.indexOf('\n\n');
+    interpretBytes(buf, 6, first, scan, recorder([]));
+    expect(scan.head).toBeDefined();
+    // A slice of the pool would keep its whole 8 KiB block alive as long as the stream.
+    for (const b of [scan.head!, scan.tail!, scan.joint!]) {
+      expect(b.buffer.byteLength).toBe(scan.joint!.length);
+    }
+  });
+
   it('a chunk in the checked envelope with more than one string between head and tail', () => {
     // Same head, same tail, and a token region that is not one literal: never a token of it.
     const twoFields = `${head}{"content":"a","x":"b"},"logprobs":null,"finish_reason":null}]}`;

@@ -6,31 +6,10 @@
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import { createUpstreamClient, UpstreamAbort } from '../../src/upstream/client';
-
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
+import { heapAfterGc } from '../helpers/heap';
 
 const N = 300;
-
-/**
- * The heap after collections, once it stopped moving: a jest worker may still be freeing what an
- * earlier test file left (tens of MB) when this one starts.
- */
-async function heapAfterGc(): Promise<number> {
-  let last = -1;
-  for (let i = 0; i < 40; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 25));
-    gc();
-    const now = process.memoryUsage().heapUsed;
-    if (last >= 0 && Math.abs(now - last) < 64 * 1024) return now;
-    last = now;
-  }
-  return last;
-}
 
 let server: http.Server;
 let port = 0;

@@ -1,0 +1,24 @@
+// The heap, measured in-process after garbage collection, for tests of what code keeps alive.
+
+import v8 from 'node:v8';
+import vm from 'node:vm';
+
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+/**
+ * The heap after collections, once it stopped moving: a jest worker may still be freeing what an
+ * earlier test file left (tens of MB) when this one starts.
+ */
+export async function heapAfterGc(): Promise<number> {
+  let last = -1;
+  for (let i = 0; i < 40; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 25));
+    gc();
+    const now = process.memoryUsage().heapUsed;
+    if (last >= 0 && Math.abs(now - last) < 64 * 1024) return now;
+    last = now;
+  }
+  return last;
+}
