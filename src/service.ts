@@ -109,10 +109,19 @@ export class ChatService {
       bind(stream);
       running = stream.run();
     } catch (err) {
+      stream.stats.outcome = 'failed';
+      stream.stats.errorCode = 'internal_error';
       this.ended(stream, meta);
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
-    return running.then(() => this.ended(stream, meta));
+    // Forgotten however run() settles: a listener that throws from fail() makes it reject.
+    return running.then(
+      () => this.ended(stream, meta),
+      (err: unknown) => {
+        this.ended(stream, meta);
+        throw err;
+      },
+    );
   }
 
   private ended(stream: ChatStream, meta: StreamMeta): void {

@@ -128,6 +128,8 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
   const transport = https_ ? https : http;
   const agent = https_ ? httpsAgent : httpAgent;
   const basePath = base.pathname.replace(/\/$/, '');
+  // An IPv6 literal comes bracketed (`[::1]`): the socket wants the address alone.
+  const hostname = base.hostname.startsWith('[') ? base.hostname.slice(1, -1) : base.hostname;
 
   // Our own axios adapter: a plain http(s).request that resolves at the response headers with
   // the body as the raw IncomingMessage. Axios's Node adapter does far more per request (proxy
@@ -144,7 +146,7 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
       const data = config.data as string | undefined; // post() serialises every body
       const req = transport.request({
         protocol: base.protocol,
-        hostname: base.hostname,
+        hostname,
         port: base.port,
         path: basePath + (config.url ?? ''),
         method: (config.method ?? 'post').toUpperCase(),

@@ -4,6 +4,7 @@
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import { createUpstreamClient, UpstreamAbort } from '../../src/upstream/client';
 
 interface Seen {
@@ -80,3 +81,39 @@ it('sends the key, JSON, identity encoding, Host and the exact Content-Length, k
     client.close();
   }
 });
+
+// Machines without an IPv6 loopback cannot run it: skipped there, with the reason in its name.
+const hasIpv6Loopback = Object.values(os.networkInterfaces())
+  .flat()
+  .some((i) => i?.address === '::1');
+const itIpv6 = hasIpv6Loopback ? it : it.skip;
+
+itIpv6(
+  `reaches an IPv6 literal base URL, with its Host header bracketed${hasIpv6Loopback ? '' : ' (skipped: no IPv6 loopback here)'}`,
+  async () => {
+    const hosts: Array<string | undefined> = [];
+    const v6 = http.createServer((req, res) => {
+      hosts.push(req.headers.host);
+      req.resume();
+      req.on('end', () => res.writeHead(200).end('data: [DONE]\n\n'));
+    });
+    await new Promise<void>((r) => v6.listen(0, '::1', r));
+    const v6port = (v6.address() as AddressInfo).port;
+    const client = createUpstreamClient({
+      baseUrl: `http://[::1]:${v6port}`,
+      apiKey: 'sk-head-test-0123456789',
+      maxSockets: 2,
+      connectTimeoutMs: 5000,
+    });
+    try {
+      const res = await client.post('/chat/completions', '{}', new UpstreamAbort());
+      expect(res.status).toBe(200);
+      res.body.resume();
+      expect(hosts).toEqual([`[::1]:${v6port}`]);
+    } finally {
+      client.close();
+      v6.closeAllConnections();
+      await new Promise<void>((r) => v6.close(() => r()));
+    }
+  },
+);

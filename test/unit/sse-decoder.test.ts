@@ -408,3 +408,19 @@ describe('Utf8Stream: the text TextDecoder gives, whatever the bytes and the spl
     expect(u.end()).toBe('\ufffd');
   });
 });
+
+describe('the API', () => {
+  it('feed, end and reset work detached from the decoder (as stream listeners, in forEach)', () => {
+    const events: string[] = [];
+    const { feed, end, reset } = createSseDecoder({
+      onEvent: (data) => events.push(data),
+      onOverflow: () => undefined,
+    });
+    [Buffer.from('data: a\n\nda'), Buffer.from('ta: b\n\n')].forEach(feed);
+    feed(Buffer.from('data: cut'));
+    reset();
+    feed(Buffer.from('data: c\n\ndata: unterminated'));
+    end();
+    expect(events).toEqual(['a', 'b', 'c']);
+  });
+});
