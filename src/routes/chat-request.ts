@@ -159,7 +159,7 @@ export function parseChatStreamRequest(
   const formatValue = get('format');
   let format: StreamFormat;
   if (formatValue === undefined) {
-    format = accept !== undefined && accept.includes('text/event-stream') ? 'sse' : 'text';
+    format = acceptsEventStream(accept) ? 'sse' : 'text';
   } else if (formatValue === 'sse' || formatValue === 'text') {
     format = formatValue;
   } else {
@@ -180,4 +180,26 @@ export function parseChatStreamRequest(
     format,
     includeReasoning: parseBool(get('include_reasoning'), 'include_reasoning') ?? false,
   };
+}
+
+/**
+ * Whether an Accept header asks for `text/event-stream`: listed (case-insensitive), and not with
+ * `q=0` (RFC 9110: "not acceptable"). Only that media type is looked at: wildcard ranges
+ * leave the default (text), as the SPEC has SSE only when it is named.
+ */
+export function acceptsEventStream(accept: string | undefined): boolean {
+  if (accept === undefined) return false;
+  const lower = accept.toLowerCase();
+  if (!lower.includes('text/event-stream')) return false;
+  for (const range of lower.split(',')) {
+    const [type, ...params] = range.split(';');
+    if (type!.trim() !== 'text/event-stream') continue;
+    let q = 1;
+    for (const param of params) {
+      const [name, value] = param.split('=');
+      if (name!.trim() === 'q') q = Number(value?.trim());
+    }
+    if (q > 0) return true;
+  }
+  return false;
 }

@@ -160,6 +160,20 @@ describe('SSE mode', () => {
     expect(forced.headers['content-type']).toBe('text/plain; charset=utf-8');
     expect(forced.body).toBe(expected('accept sse'));
   });
+
+  it('is not chosen by an Accept that refuses it (q=0) or only matches it by a wildcard', async () => {
+    const cases: Array<[string, string]> = [
+      ['text/event-stream;q=0, text/plain', 'text/plain'],
+      ['text/plain, Text/Event-Stream; q=0.0', 'text/plain'],
+      ['*/*', 'text/plain'],
+      ['text/*', 'text/plain'],
+      ['application/json, TEXT/EVENT-STREAM ; q=0.5', 'text/event-stream'],
+    ];
+    for (const [accept, type] of cases) {
+      const res = await request(stack.url + q('accept q'), { headers: { accept } });
+      expect([accept, res.headers['content-type']]).toEqual([accept, `${type}; charset=utf-8`]);
+    }
+  });
 });
 
 describe('models', () => {
