@@ -159,7 +159,6 @@ export class ChatStream implements DeltaSink {
   /** The first half of a surrogate pair, waiting for its token's continuation (joinPair). */
   private splitPair = '';
   private splitPairReasoning = false;
-  private flushScheduled = false;
   /** The first token is waiting: it is written at the end of the read that brought it. */
   private firstPending = false;
   /** Begins the response if no token came within headHoldMs of the upstream's first 200. */
@@ -168,11 +167,13 @@ export class ChatStream implements DeltaSink {
   private endError: unknown;
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
-  /** The upstream body had data this event-loop turn (the idle timer was refreshed). */
+  /**
+   * The upstream body had data this event-loop turn: the idle timer was refreshed and the
+   * end-of-turn callback (which clears this) is scheduled.
+   */
   private turnSeen = false;
   /** The end of an event-loop turn in which the upstream body had data. */
   private readonly endOfTurn = (): void => {
-    this.flushScheduled = false;
     this.turnSeen = false;
     this.flushNow();
   };
@@ -401,10 +402,7 @@ export class ChatStream implements DeltaSink {
         if (!this.turnSeen) {
           this.turnSeen = true;
           this.idleTimer?.refresh();
-          if (!this.flushScheduled) {
-            this.flushScheduled = true;
-            setImmediate(this.endOfTurn);
-          }
+          setImmediate(this.endOfTurn);
         }
         this.stats.bytesIn += buf.length;
         try {

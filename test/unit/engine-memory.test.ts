@@ -3,24 +3,14 @@
 // the answer for an upstream resume, and must not keep every chunk with it.
 
 import { PassThrough } from 'node:stream';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
 import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
-
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
+import { heapAfterGc } from '../helpers/heap';
 
 const N = 20_000;
 const TOKEN = 'sixteen-chars-ok'; // 16 characters: V8 slices (not copies) at 13 and more
-
-function heapAfterGc(): number {
-  gc();
-  gc();
-  return process.memoryUsage().heapUsed;
-}
 
 it('a 20,000-token answer on the text path keeps its tokens, not the chunks they came in', async () => {
   const body = new PassThrough();
@@ -47,7 +37,7 @@ it('a 20,000-token answer on the text path keeps its tokens, not the chunks they
   );
   const done = stream.run();
   while (body.listenerCount('data') === 0) await new Promise((r) => setImmediate(r));
-  const before = heapAfterGc();
+  const before = await heapAfterGc();
   // Each chunk its own line, ~230 bytes, as DeepSeek sends them; 500 per read.
   for (let i = 0; i < N; i += 500) {
     let read = '';
@@ -61,7 +51,7 @@ it('a 20,000-token answer on the text path keeps its tokens, not the chunks they
     await new Promise((r) => setImmediate(r));
   }
   expect(chunks).toBe(N);
-  const held = heapAfterGc() - before;
+  const held = (await heapAfterGc()) - before;
   body.end(
     'data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
   );

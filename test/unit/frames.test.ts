@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { byteString, sseFrames, textFrames } from '../../src/format/frames';
 import { ResponseSink } from '../../src/format/response-sink';
 import type { TokenSource } from '../../src/stream/interpreter';
+import { fakeResponse } from '../helpers/fake-response';
 
 /** What a client decodes from a byte string. */
 const utf8 = (frame: string) => Buffer.from(frame, 'latin1').toString('utf8');
@@ -98,32 +99,6 @@ describe('frames', () => {
 });
 
 describe('ResponseSink writes byte strings as bytes', () => {
-  function fakeResponse() {
-    const out: Buffer[] = [];
-    const res = {
-      headersSent: false,
-      destroyed: false,
-      writableEnded: false,
-      writableLength: 0,
-      writeHead() {
-        res.headersSent = true;
-      },
-      flushHeaders() {},
-      write(chunk: string | Buffer, encoding?: BufferEncoding) {
-        out.push(typeof chunk === 'string' ? Buffer.from(chunk, encoding ?? 'utf8') : chunk);
-        return true;
-      },
-      end(chunk?: string | Buffer, encoding?: BufferEncoding) {
-        if (chunk !== undefined) res.write(chunk, encoding);
-        res.writableEnded = true;
-      },
-      destroy() {
-        res.destroyed = true;
-      },
-    };
-    return { res, out };
-  }
-
   it('counts the bytes it sends, multi-byte tokens included, and they decode to the tokens', () => {
     const { res, out } = fakeResponse();
     const sink = new ResponseSink(res as unknown as ServerResponse, textFrames(false), {

@@ -4,31 +4,7 @@
 import type { ServerResponse } from 'node:http';
 import { sseFrames } from '../../src/format/frames';
 import { ResponseSink } from '../../src/format/response-sink';
-
-function fakeResponse() {
-  const writes: string[] = [];
-  const res = {
-    headersSent: false,
-    destroyed: false,
-    writableEnded: false,
-    writableLength: 0,
-    writeHead() {
-      res.headersSent = true;
-    },
-    flushHeaders() {},
-    write(chunk: string | Buffer) {
-      writes.push(chunk.toString());
-      return true;
-    },
-    end() {
-      res.writableEnded = true;
-    },
-    destroy() {
-      res.destroyed = true;
-    },
-  };
-  return { res, writes };
-}
+import { fakeResponse } from '../helpers/fake-response';
 
 describe('ResponseSink heartbeat', () => {
   beforeEach(() => jest.useFakeTimers());
