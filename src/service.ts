@@ -81,8 +81,9 @@ export class ChatService {
   }
 
   /**
-   * Start a stream; resolves when it has ended (listener told), never rejects. Not an async
-   * function: one suspended for each stream's length kept a generator and its registers.
+   * Start a stream; resolves when it has ended (listener told). Rejects only on a bug: bind()
+   * throwing, or the listener throwing from fail(); the stream is forgotten either way. Not an
+   * async function: one suspended for each stream's length kept a generator and its registers.
    */
   run(
     body: UpstreamBody,
