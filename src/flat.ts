@@ -1,9 +1,11 @@
-// flat.ts: strings kept for a long time, made one string.
+// flat.ts: strings kept for a long time, made one string, or let go once used.
 //
 // V8 keeps a string built by concatenation as a tree of its pieces (a cons string) until
 // something reads its characters; reading one makes V8 flatten it in place, after which it is
 // one string and the pieces are garbage. Worth doing for strings that live as long as a stream
 // and are read again and again (an HTTP head, an SSE id prefix); never on the per-token path.
+
+import { OutgoingMessage } from 'node:http';
 
 let _sink = 0;
 
@@ -23,4 +25,30 @@ export function flatten(s: string): string {
 export function flattenHead(message: object): void {
   const head = (message as { _header?: unknown })._header;
   if (typeof head === 'string') flatten(head);
+}
+
+/** Node's symbol for a message's header map (`setHeader` fills it), if this Node has one. */
+const OUT_HEADERS = Object.getOwnPropertySymbols(new OutgoingMessage()).find(
+  (s) => s.description === 'kOutHeaders',
+);
+
+/**
+ * What `_header` holds once the head is on the wire. Node reads the field after that only as a
+ * flag (headersSent, and the checks that refuse a second head), never its text.
+ */
+const HEAD_SENT = 'HTTP/1.1 (head sent)\r\n';
+
+/**
+ * Let go of a message's head once it has been written to the socket: the head's text (about
+ * 600 B for a stream response with its security headers, 250 B for the upstream request) and the
+ * header map it was built from (a dictionary of ten [name, value] pairs, about 770 B), both kept
+ * by Node until the message is done: for a stream, its whole life. After this, headersSent stays
+ * true, setHeader still throws ERR_HTTP_HEADERS_SENT, and getHeader() answers undefined (nothing
+ * reads a stream's headers back). Does nothing before the head has gone out.
+ */
+export function releaseHead(message: object): void {
+  const m = message as { _header?: unknown; _headerSent?: unknown };
+  if (m._headerSent !== true || typeof m._header !== 'string') return;
+  m._header = HEAD_SENT;
+  if (OUT_HEADERS !== undefined) (m as Record<symbol, unknown>)[OUT_HEADERS] = null;
 }

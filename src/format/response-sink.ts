@@ -4,6 +4,7 @@
 // (or an aborted body, for text) after.
 
 import type { ServerResponse } from 'node:http';
+import { releaseHead } from '../flat';
 import { errorBody, type ProxyError } from '../errors';
 import type { JournalEvent } from '../journal/types';
 import type { TokenSource } from '../stream/interpreter';
@@ -122,8 +123,11 @@ export class ResponseSink {
     if (deferHead) {
       this.headPending = true;
       this.pending = this.frames.preamble + this.pending;
-    } else if (this.frames.preamble) res.write(this.frames.preamble);
-    else res.flushHeaders();
+    } else {
+      if (this.frames.preamble) res.write(this.frames.preamble);
+      else res.flushHeaders();
+      releaseHead(res);
+    }
     if (this.frames.ping !== null) {
       this.heartbeat = setInterval(() => this.tick(), heartbeatTickMs(this.opts.heartbeatMs));
       this.heartbeat.unref();
@@ -157,14 +161,19 @@ export class ResponseSink {
       if (this.headPending) {
         this.headPending = false;
         this.res.flushHeaders();
+        releaseHead(this.res);
       }
       return true;
     }
-    this.headPending = false;
     this.pending = '';
     this.wroteSinceTick = true;
     this.bytesOut += out.length;
-    if (this.res.write(out, 'latin1')) return true;
+    const ok = this.res.write(out, 'latin1');
+    if (this.headPending) {
+      this.headPending = false;
+      releaseHead(this.res);
+    }
+    if (ok) return true;
     // Backpressure (rare path): note the high-water mark for the log line.
     if (this.res.writableLength > this.peakBuffered) this.peakBuffered = this.res.writableLength;
     return false;

@@ -5,6 +5,7 @@
 // retries, time limits and resume apply alike. GET /v1/models lists the allowlist.
 
 import type { ServerResponse } from 'node:http';
+import { releaseHead } from '../flat';
 import { Heartbeat } from '../format/response-sink';
 import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
@@ -192,9 +193,9 @@ class OpenAiStreamSink implements StreamListener {
     // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
     // SSE clients (the openai package, the AI SDK) skip comment lines.
     this.heartbeat = new Heartbeat(this.res, this.heartbeatMs, () => {
-      this.headPending = false;
       this.bytesOut += PING.length;
       this.res.write(PING);
+      if (this.headPending) this.headSent();
     });
   }
   /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
@@ -231,13 +232,21 @@ class OpenAiStreamSink implements StreamListener {
   flush(): boolean {
     const out = this.take('');
     if (out.length === 0) {
-      if (this.headPending) this.res.flushHeaders();
-      this.headPending = false;
+      if (this.headPending) {
+        this.res.flushHeaders();
+        this.headSent();
+      }
       return true;
     }
-    this.headPending = false;
     this.heartbeat?.wrote();
-    return this.res.write(out);
+    const ok = this.res.write(out);
+    if (this.headPending) this.headSent();
+    return ok;
+  }
+  /** The head went out with the write just made: Node's copies of it can go (flat.ts). */
+  private headSent(): void {
+    this.headPending = false;
+    releaseHead(this.res);
   }
   /** The last events, [DONE] and the end of the body in one write. */
   end(): void {

@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
-import { flattenHead } from '../flat';
+import { releaseHead } from '../flat';
 import axios, {
   type AxiosInstance,
   type AxiosResponse,
@@ -162,6 +162,8 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
         // the settled promise, its response and axios's config for the whole stream.
         req.off('error', reject);
         req.on('error', ignore);
+        // The request's head (the key's header in it) is long written: let Node's copy go.
+        releaseHead(req);
         resolve({
           data: res,
           status: res.statusCode ?? 0,
@@ -175,7 +177,6 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
       });
       req.once('error', reject);
       req.end(data);
-      flattenHead(req); // kept for the whole stream
     });
 
   // The request head, as a flat [name, value, ...] list: Node then writes it in one go, with no

@@ -15,6 +15,7 @@ import { createApp, type ProxyApp } from '../../src/app';
 import { testConfig, type Config } from '../../src/config';
 import { createHttpServer, type TlsFiles } from '../../src/http-server';
 import { createLogger } from '../../src/log';
+import { simulateAnswer } from '../../src/simulator/answer';
 import { startSimulator, type Simulator } from '../../src/simulator/server';
 
 v8.setFlagsFromString('--allow-natives-syntax');
@@ -138,6 +139,80 @@ describe('createHttpServer', () => {
     expect(missing.status).toBe(404);
     expect(missing.headers['content-type']).toMatch(/^application\/json/);
     expect(JSON.parse(missing.body).error.code).toBe('not_found');
+  });
+
+  it("lets go of a stream's head once it is on the wire; the client gets it whole", async () => {
+    const s = await serve();
+    const slow = 'hi%20[[tokens=6%20delay=40]]';
+    const streams: Array<{ path: string; body?: string; first: RegExp }> = [
+      { path: `/chat-stream?format=sse&prompt=${slow}`, first: /data: \{"content"/ },
+      { path: `/chat-stream?format=text&thinking=false&prompt=${slow}`, first: /./ },
+      {
+        path: '/v1/chat/completions',
+        body: JSON.stringify({
+          model: 'deepseek-v4-flash',
+          stream: true,
+          messages: [{ role: 'user', content: 'hi [[tokens=6 delay=40]]' }],
+        }),
+        first: /"delta":\{"content":"[^"]/,
+      },
+    ];
+    for (const [i, st] of streams.entries()) {
+      const { status, headers, body, midway } = await new Promise<{
+        status: number;
+        headers: http.IncomingHttpHeaders;
+        body: string;
+        midway: { sent: boolean; head: string; csp: unknown };
+      }>((resolve, reject) => {
+        const req = http.request(
+          {
+            host: '127.0.0.1',
+            port: s.port,
+            method: st.body ? 'POST' : 'GET',
+            path: st.path,
+            headers: st.body ? { 'content-type': 'application/json' } : {},
+          },
+          (res) => {
+            let text = '';
+            let midway: { sent: boolean; head: string; csp: unknown } | undefined;
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => {
+              text += c;
+              if (midway === undefined && st.first.test(text)) {
+                // The stream is open (tokens 40 ms apart): what the server still holds of it.
+                const served = s.arrivals[i]!.res as http.ServerResponse & { _header: string };
+                midway = {
+                  sent: served.headersSent,
+                  head: served._header,
+                  csp: served.getHeader('content-security-policy'),
+                };
+              }
+            });
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                headers: res.headers,
+                body: text,
+                midway: midway!,
+              }),
+            );
+          },
+        );
+        req.on('error', reject);
+        req.end(st.body);
+      });
+      expect(status).toBe(200);
+      expect(headers['content-security-policy']).toContain("default-src 'none'");
+      expect(headers['x-request-id']).toMatch(/\S/);
+      expect(midway.sent).toBe(true);
+      expect(midway.head).not.toContain('Content-Security-Policy');
+      expect(midway.head).not.toContain(headers['x-request-id']);
+      expect(midway.csp).toBeUndefined();
+      // And the whole answer came after it.
+      if (st.body) expect(body).toMatch(/data: \[DONE\]\n\n$/);
+      else if (st.path.includes('sse')) expect(body).toContain('event: done');
+      else expect(body).toBe(simulateAnswer('hi [[tokens=6 delay=40]]').text);
+    }
   });
 
   it('gives each app its own classes: two apps in one process keep their own settings', async () => {

@@ -55,6 +55,10 @@ it('sends the key, JSON, identity encoding, Host and the exact Content-Length, k
     for (const body of bodies) {
       const res = await client.post('/chat/completions', body, new UpstreamAbort());
       expect(res.status).toBe(200);
+      // Once the answer's head is in, Node's copy of the request's head (the key in it) is gone.
+      const req = (res.body as http.IncomingMessage & { req: http.ClientRequest }).req;
+      expect(req.headersSent).toBe(true);
+      expect((req as unknown as { _header: string })._header).not.toContain('sk-head-test');
       res.body.resume();
       await new Promise((r) => res.body.on('end', r));
     }
