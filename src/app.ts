@@ -107,10 +107,13 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   const json = express.json({
     limit: config.maxBodyBytes,
     type: ['application/json', 'application/*+json'],
-    // The signature covers the raw body, byte for byte.
-    verify: (req, _res, buf) => {
-      (req as unknown as { rawBody: Buffer }).rawBody = buf;
-    },
+    // The signature covers the raw body, byte for byte: kept for it (and only when requests are
+    // signed; the check lets it go).
+    verify: config.signingSecret
+      ? (req, _res, buf) => {
+          (req as unknown as { rawBody: Buffer }).rawBody = buf;
+        }
+      : undefined,
   });
   // What every request passes through, as one router layer (middleware/series.ts).
   // Every response gets the headers that matter to an API (nosniff, HSTS, no framing, no

@@ -110,7 +110,11 @@ export function signatureAuth(secret: string, guard: ReplayGuard, now: () => num
     const hmac = createHmac('sha256', secret).update(
       signingPayload(ts, req.method, req.originalUrl, ''),
     );
-    if (raw) hmac.update(raw);
+    if (raw) {
+      hmac.update(raw);
+      // Read once: a stream would otherwise hold its request's bytes for as long as it runs.
+      (req as Request & { rawBody?: Buffer }).rawBody = undefined;
+    }
     const expected = Buffer.from(`sha256=${hmac.digest('hex')}`);
     const given = Buffer.from(sig);
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {

@@ -122,7 +122,8 @@ export class ChatStream implements DeltaSink {
   private readonly s: EngineSettings;
   private readonly body: UpstreamBody;
   /** `body` as JSON, when the caller already serialised it (sent as is: no second stringify). */
-  private readonly json: string | undefined;
+  /** `body` serialised, until it is sent (a retry serialises `body` again: the same bytes). */
+  private json: string | undefined;
   private readonly listener: StreamListener;
   private readonly forwardChunks: boolean;
   private opened = false;
@@ -338,6 +339,9 @@ export class ChatStream implements DeltaSink {
     const body = resuming
       ? prefixContinuationBody(this.body, this.answerParts.join(''), this.outputTokens())
       : (this.json ?? this.body);
+    // Not kept for the stream's life: it is the prompt again (a 100 KB conversation, 100 KB more
+    // per open stream). Retries before the first token are rare, and cost a JSON.stringify.
+    this.json = undefined;
     this.splicedOutput = resuming ? this.outputTokens() : 0;
     this.splicedAnswer = resuming ? this.answerTokens : 0;
     const controller = new UpstreamAbort();

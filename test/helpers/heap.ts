@@ -7,16 +7,19 @@ v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
 /**
- * The heap after collections, once it stopped moving: a jest worker may still be freeing what an
+ * The heap (with `withExternal`, plus the memory of Buffers) after collections, once it stopped
+ * moving: a jest worker may still be freeing what an
  * earlier test file left (tens of MB) when this one starts.
  */
-export async function heapAfterGc(): Promise<number> {
+export async function heapAfterGc(withExternal = false): Promise<number> {
   let last = -1;
   for (let i = 0; i < 40; i++) {
     gc();
     await new Promise((r) => setTimeout(r, 25));
     gc();
-    const now = process.memoryUsage().heapUsed;
+    const m = process.memoryUsage();
+    // `external`: Buffers' bytes live outside the JS heap.
+    const now = withExternal ? m.heapUsed + m.external : m.heapUsed;
     if (last >= 0 && Math.abs(now - last) < 64 * 1024) return now;
     last = now;
   }

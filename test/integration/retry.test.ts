@@ -39,6 +39,11 @@ describe('retry before the first token', () => {
       expect(res.status).toBe(200);
       expect(res.body).toBe(simulateAnswer(prompt).text);
       expect(upstreamCount(prompt)).toBe(requests);
+      // Each retry asks for the same thing (the engine serialises the request again for it).
+      const sent = stack.sim.requests
+        .filter((r) => r.body.messages?.some((m) => m.content === prompt))
+        .map((r) => JSON.stringify(r.body));
+      expect(new Set(sent).size).toBe(1);
     });
   }
 
