@@ -39,16 +39,24 @@ const OUT_HEADERS = Object.getOwnPropertySymbols(new OutgoingMessage()).find(
 const HEAD_SENT = 'HTTP/1.1 (head sent)\r\n';
 
 /**
+ * Marks responses whose header map nobody reads back once the head is sent: those of the server
+ * createHttpServer() builds (http-server.ts sets it on its response class). An app mounted in
+ * someone else's server keeps the map, for their access log or tracing to read at 'finish'.
+ */
+export const HEADERS_NOT_READ_BACK = Symbol('headers not read back');
+
+/**
  * Let go of a message's head once it has been written to the socket: the head's text (about
- * 600 B for a stream response with its security headers, 250 B for the upstream request) and the
- * header map it was built from (a dictionary of ten [name, value] pairs, about 770 B), both kept
- * by Node until the message is done: for a stream, its whole life. After this, headersSent stays
- * true, setHeader still throws ERR_HTTP_HEADERS_SENT, and getHeader() answers undefined (nothing
- * reads a stream's headers back). Does nothing before the head has gone out.
+ * 600 B for a stream response with its security headers, 250 B for the upstream request), kept by
+ * Node until the message is done: for a stream, its whole life. For responses marked
+ * HEADERS_NOT_READ_BACK, also the header map the head was built from (a dictionary of ten
+ * [name, value] pairs, about 770 B): getHeader() then answers undefined. headersSent stays true
+ * and setHeader still throws ERR_HTTP_HEADERS_SENT. Does nothing before the head has gone out.
  */
 export function releaseHead(message: object): void {
   const m = message as { _header?: unknown; _headerSent?: unknown };
   if (m._headerSent !== true || typeof m._header !== 'string') return;
   m._header = HEAD_SENT;
-  if (OUT_HEADERS !== undefined) (m as Record<symbol, unknown>)[OUT_HEADERS] = null;
+  if (OUT_HEADERS !== undefined && (m as Record<symbol, unknown>)[HEADERS_NOT_READ_BACK] === true)
+    (m as Record<symbol, unknown>)[OUT_HEADERS] = null;
 }

@@ -11,7 +11,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Express } from 'express';
-import { flattenHead } from './flat';
+import { flattenHead, HEADERS_NOT_READ_BACK } from './flat';
 import { answerClientError } from './middleware/errors';
 
 export interface RequestClasses {
@@ -34,6 +34,10 @@ export function bindRequestClasses(app: Express): RequestClasses {
     // dictionary mode (a hash table of about 360 B per response, for the seven locals we set).
     // This one inherits nothing either, but its properties share hidden classes.
     locals: object = Object.create(LOCALS_PROTO) as object;
+    // Built by this class, so served by createHttpServer's server: nothing there reads a
+    // stream's headers back once they are sent (flat.ts). Not on the prototype: an app mounted
+    // in another server gets this prototype too (Express sets it), and there someone may.
+    readonly [HEADERS_NOT_READ_BACK] = true;
   }
   (ProxyResponse.prototype as { writeHead: unknown }).writeHead = writeHeadFlat;
   adopt(ProxyRequest.prototype, app.request as object, app);

@@ -215,6 +215,44 @@ describe('createHttpServer', () => {
     }
   });
 
+  it("keeps a stream's headers readable at 'finish' when the app is served by another server", async () => {
+    // An embedder's server (an access log reading the headers at 'finish'): only the head's text
+    // goes; the header map stays.
+    const config = testConfig({
+      deepseekBaseUrl: sim.url,
+      useSimulator: false,
+      rateLimitMax: 0,
+      maxStreamsPerClient: 0,
+    });
+    const app = createApp(config, { logger: createLogger('silent') });
+    const server = http.createServer(app);
+    const logged: Array<{ id: unknown; csp: unknown; head: string }> = [];
+    server.prependListener('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.on('finish', () =>
+        logged.push({
+          id: res.getHeader('x-request-id'),
+          csp: res.getHeader('content-security-policy'),
+          head: (res as unknown as { _header: string })._header,
+        }),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const res = await get(port, '/chat-stream?format=sse&prompt=hi%20[[tokens=3]]');
+      expect(res.status).toBe(200);
+      expect(res.body).toContain('event: done');
+      expect(logged).toHaveLength(1);
+      expect(logged[0]!.id).toBe(res.headers['x-request-id']);
+      expect(logged[0]!.csp).toBe(res.headers['content-security-policy']);
+      expect(logged[0]!.head).not.toContain('Content-Security-Policy');
+    } finally {
+      await app.close();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
   it('gives each app its own classes: two apps in one process keep their own settings', async () => {
     const trusting = await serve({ trustProxy: 1 });
     const direct = await serve({ trustProxy: false });

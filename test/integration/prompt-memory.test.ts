@@ -70,7 +70,7 @@ async function serve(overrides: Partial<Config>) {
 
 /** A prompt of its own per stream (no two share a string), as a request body. */
 function requestFor(kind: 'chat-stream' | 'v1', i: number): { path: string; body: string } {
-  const prompt = `stream ${i} `.repeat(PROMPT_CHARS / 10).slice(0, PROMPT_CHARS);
+  const prompt = `stream ${i} `.repeat(PROMPT_CHARS / 8).slice(0, PROMPT_CHARS);
   return kind === 'v1'
     ? {
         path: '/v1/chat/completions',

@@ -3,7 +3,7 @@
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { flatten, releaseHead } from '../../src/flat';
+import { flatten, HEADERS_NOT_READ_BACK, releaseHead } from '../../src/flat';
 import { heapAfterGc } from '../helpers/heap';
 
 const N = 5000;
@@ -40,64 +40,77 @@ it('keeps far less alive than the tree of pieces it was built from', async () =>
   for (const r of counted) expect(r.flat).toBeLessThan(r.tree / 2);
 }, 60_000);
 
-it('releaseHead waits for the head to be written, then lets it go; Node behaves as before', async () => {
-  const seen: Array<Record<string, unknown>> = [];
-  const server = http.createServer((req, res) => {
-    req.resume();
-    res.setHeader('X-Big', 'b'.repeat(1000));
-    res.writeHead(200, { 'Content-Type': 'text/plain' });
-    releaseHead(res); // not written yet: nothing may change
-    const before = (res as unknown as { _header: string })._header;
-    res.write('one,');
-    releaseHead(res);
-    let threw = '';
+class UnreadResponse extends http.ServerResponse {
+  readonly [HEADERS_NOT_READ_BACK] = true;
+}
+
+it.each([
+  { name: 'a plain response keeps its header map', Response: http.ServerResponse, mapKept: true },
+  { name: 'a marked response lets it go too', Response: UnreadResponse, mapKept: false },
+])(
+  'releaseHead lets a written head go, not an unwritten one: $name',
+  async ({ Response, mapKept }) => {
+    const seen: Array<Record<string, unknown>> = [];
+    const server = http.createServer(
+      { ServerResponse: Response as typeof http.ServerResponse },
+      (req, res) => {
+        req.resume();
+        res.setHeader('X-Big', 'b'.repeat(1000));
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        releaseHead(res); // not written yet: nothing may change
+        const before = (res as unknown as { _header: string })._header;
+        res.write('one,');
+        releaseHead(res);
+        let threw = '';
+        try {
+          res.setHeader('X-Late', 'x');
+        } catch (err) {
+          threw = (err as { code?: string }).code ?? '';
+        }
+        seen.push({
+          before,
+          after: (res as unknown as { _header: string })._header,
+          sent: res.headersSent,
+          big: res.getHeader('x-big'),
+          threw,
+        });
+        res.end('two');
+      },
+    );
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      res.setHeader('X-Late', 'x');
-    } catch (err) {
-      threw = (err as { code?: string }).code ?? '';
+      const port = (server.address() as AddressInfo).port;
+      for (let i = 0; i < 2; i++) {
+        // Twice over one kept-alive connection: the next response on it is whole too.
+        const got = await new Promise<{ headers: http.IncomingHttpHeaders; body: string }>(
+          (resolve, reject) => {
+            http
+              .get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
+                let body = '';
+                res.setEncoding('utf8');
+                res.on('data', (c: string) => (body += c));
+                res.on('end', () => resolve({ headers: res.headers, body }));
+              })
+              .on('error', reject);
+          },
+        );
+        expect(got.headers['x-big']).toBe('b'.repeat(1000));
+        expect(got.headers['content-type']).toBe('text/plain');
+        expect(got.body).toBe('one,two');
+      }
+      expect(seen).toHaveLength(2);
+      for (const s of seen) {
+        expect(s.before).toContain('X-Big: ' + 'b'.repeat(1000));
+        expect(s.after).not.toContain('X-Big');
+        expect(s.sent).toBe(true);
+        expect(s.big).toBe(mapKept ? 'b'.repeat(1000) : undefined);
+        expect(s.threw).toBe('ERR_HTTP_HEADERS_SENT');
+      }
+    } finally {
+      agent.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
     }
-    seen.push({
-      before,
-      after: (res as unknown as { _header: string })._header,
-      sent: res.headersSent,
-      big: res.getHeader('x-big'),
-      threw,
-    });
-    res.end('two');
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  try {
-    const port = (server.address() as AddressInfo).port;
-    for (let i = 0; i < 2; i++) {
-      // Twice over one kept-alive connection: the next response on it is whole too.
-      const got = await new Promise<{ headers: http.IncomingHttpHeaders; body: string }>(
-        (resolve, reject) => {
-          http
-            .get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
-              let body = '';
-              res.setEncoding('utf8');
-              res.on('data', (c: string) => (body += c));
-              res.on('end', () => resolve({ headers: res.headers, body }));
-            })
-            .on('error', reject);
-        },
-      );
-      expect(got.headers['x-big']).toBe('b'.repeat(1000));
-      expect(got.headers['content-type']).toBe('text/plain');
-      expect(got.body).toBe('one,two');
-    }
-    expect(seen).toHaveLength(2);
-    for (const s of seen) {
-      expect(s.before).toContain('X-Big: ' + 'b'.repeat(1000));
-      expect(s.after).not.toContain('X-Big');
-      expect(s.sent).toBe(true);
-      expect(s.big).toBeUndefined();
-      expect(s.threw).toBe('ERR_HTTP_HEADERS_SENT');
-    }
-  } finally {
-    agent.destroy();
-    server.closeAllConnections();
-    await new Promise<void>((r) => server.close(() => r()));
-  }
-});
+  },
+);
