@@ -14,7 +14,7 @@ import { createLogger, type Logger } from './log';
 import { Metrics } from './metrics';
 import { apiKeyAuth, memoryReplayGuard, redisReplayGuard, signatureAuth } from './middleware/auth';
 import { cors } from './middleware/cors';
-import { errorHandler, methodNotAllowed, notFound } from './middleware/errors';
+import { errorHandler, methodNotAllowed, notFound, onResponseClose } from './middleware/errors';
 import { memorySlots, redisSlots, requestRateLimit, streamCap } from './middleware/rate-limit';
 import { requestId } from './middleware/request-id';
 import { series } from './middleware/series';
@@ -228,7 +228,7 @@ export function metricsHandler(metrics: Metrics) {
 function countRequests(metrics: Metrics, inFlight: Set<Response>): RequestHandler {
   return (req, res, next) => {
     inFlight.add(res);
-    res.once('close', () => {
+    onResponseClose(res, () => {
       inFlight.delete(res);
       const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'other';
       metrics.requests.inc({ route, method: req.method, status: String(res.statusCode) });

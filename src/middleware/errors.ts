@@ -80,17 +80,49 @@ function describe(err: unknown): Record<string, unknown> {
 }
 
 /**
+ * The client closed the connection (its 'close' may have fired already, unheard, while the
+ * request waited on Redis in a guard or for the journal): nothing more should start for it.
+ * A response pipelined behind another answer on its connection has no socket of its own yet
+ * (Node gives it the socket when the answer before it ends): its client is there as long as the
+ * connection is.
+ */
+export function clientGone(res: http.ServerResponse): boolean {
+  if (res.destroyed) return true;
+  const socket = res.socket ?? (res.writableFinished ? null : res.req.socket);
+  return socket === null || socket.destroyed;
+}
+
+/**
+ * `listener` on the response's 'close', which Node emits when the response ends or its
+ * connection closes; also, for a response still queued behind another answer on its connection
+ * (pipelined), when that connection closes: Node says nothing to a queued response then, and a
+ * stream answering it would run (and be billed) for nobody, its slot held. For a queued
+ * response, `listener` is called at most once.
+ */
+export function onResponseClose(res: http.ServerResponse, listener: () => void): void {
+  if (res.socket !== null || res.writableFinished) {
+    res.on('close', listener);
+    return;
+  }
+  const connection = res.req.socket;
+  let fired = false;
+  const once = () => {
+    if (fired) return;
+    fired = true;
+    connection.off('close', once);
+    listener();
+  };
+  res.on('close', once);
+  connection.on('close', once);
+  // Its turn came: from here on, the response's own 'close' says it.
+  res.once('socket', () => connection.off('close', once));
+}
+
+/**
  * A request Node's HTTP parser refuses never reaches Express (the server's `clientError`): answer
  * it in the SPEC's shape too. A request line and headers over Node's limit (16 KiB by default) is
  * most often a GET prompt that is too long for a URL: 413, pointing to POST.
  */
-/**
- * The client closed the connection (its 'close' may have fired already, unheard, while the
- * request waited on Redis in a guard or for the journal): nothing more should start for it.
- */
-export function clientGone(res: http.ServerResponse): boolean {
-  return res.destroyed || res.socket === null || res.socket.destroyed;
-}
 
 export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
   if (!socket.writable) {

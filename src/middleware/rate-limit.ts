@@ -7,7 +7,7 @@ import { ipKeyGenerator, rateLimit } from 'express-rate-limit';
 import type Redis from 'ioredis';
 import { RedisStore, type RedisReply } from 'rate-limit-redis';
 import { ProxyError } from '../errors';
-import { clientGone } from './errors';
+import { clientGone, onResponseClose } from './errors';
 
 export function clientKey(req: Request, res: Response): string {
   const id = res.locals.clientId as string | undefined;
@@ -223,7 +223,7 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     // Listening before the first slot is taken: with Redis that is a round trip, and a client
     // that leaves during it must neither keep the slot (its 'close' would have gone unheard)
     // nor have a stream started for nobody.
-    res.on('close', done);
+    onResponseClose(res, done);
     res.on('finish', done);
     // /chat-stream itself only: the batch (mounted under the same guards) has no resume, and
     // nothing there would refuse it later.

@@ -8,7 +8,7 @@
 import { type IRouter, Router } from 'express';
 import type { Config } from '../config';
 import { ProxyError, withMessage } from '../errors';
-import { clientGone, methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
 import { Heartbeat } from '../format/response-sink';
 import type { ChatService } from '../service';
 import type { ChatStream, StreamListener } from '../stream/chat-stream';
@@ -124,7 +124,7 @@ export function batchRouter(
       paused = false;
       for (const s of streams) s.resume();
     });
-    res.on('close', () => {
+    onResponseClose(res, () => {
       if (res.writableFinished) return;
       closed = true;
       for (const s of streams) s.abort();

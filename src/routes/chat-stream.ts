@@ -11,7 +11,7 @@ import { ResponseSink } from '../format/response-sink';
 import { StreamRecorder } from '../journal/recorder';
 import type { JournalStore, StreamMeta } from '../journal/types';
 import type { Metrics } from '../metrics';
-import { clientGone, methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService } from '../service';
 import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
@@ -156,7 +156,7 @@ export function chatStreamRouter(
           // carries ours) can never come back for it: stop now, not after the grace.
           recorder.detach(clientChoseId || sink.headSent);
         };
-        res.on('close', () => {
+        onResponseClose(res, () => {
           if (!res.writableFinished) left();
         });
         // It may have left already, while the journal claim was awaited.
@@ -318,7 +318,7 @@ export function chatStreamRouter(
           resolve();
         }
       };
-      res.on('close', left);
+      onResponseClose(res, left);
       if (clientGone(res)) left();
     });
   }

@@ -10,7 +10,7 @@ import { Heartbeat } from '../format/response-sink';
 import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
-import { clientGone, methodNotAllowed } from '../middleware/errors';
+import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
 import type { ChatService } from '../service';
 import type { StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -68,7 +68,7 @@ export function openAiRouter(
       },
       (s) => {
         res.on('drain', () => s.resume());
-        res.on('close', () => {
+        onResponseClose(res, () => {
           if (!res.writableFinished) s.abort();
         });
       },

@@ -16,6 +16,7 @@ import { testConfig, type Config } from '../../src/config';
 import { createHttpServer, type TlsFiles } from '../../src/http-server';
 import { createLogger } from '../../src/log';
 import { simulateAnswer } from '../../src/simulator/answer';
+import { waitFor } from '../helpers/stack';
 import { startSimulator, type Simulator } from '../../src/simulator/server';
 
 v8.setFlagsFromString('--allow-natives-syntax');
@@ -331,6 +332,40 @@ describe('createHttpServer', () => {
     expect(reply).toContain('event: done');
   });
 
+  it('answers streams pipelined on one connection in order, each whole', async () => {
+    const s = await serve();
+    const a = 'pipelined a [[tokens=8 delay=30]]';
+    const b = 'pipelined b [[tokens=5]]';
+    const reply = await rawBytes(s.port, textGet(a) + textGet(b, 'Connection: close\r\n'));
+    const answers = splitResponses(reply);
+    expect(answers.map((r) => r.status)).toEqual([200, 200]);
+    expect(answers[0]!.body).toBe(simulateAnswer(a).text);
+    expect(answers[1]!.body).toBe(simulateAnswer(b).text);
+  });
+
+  it('stops a pipelined stream whose connection closes while it waits its turn', async () => {
+    const s = await serve();
+    const a = 'pipelined wait a [[tokens=40 delay=50]]';
+    const b = 'pipelined wait b [[tokens=400 delay=20]]'; // 8 s if nobody stops it
+    const upstreamOf = (prompt: string) =>
+      sim.requests.find((r) => r.body.messages?.some((m) => m.content === prompt));
+    await new Promise<void>((resolve, reject) => {
+      const sock = net.connect(s.port, '127.0.0.1', () => sock.write(textGet(a) + textGet(b)));
+      sock.on('error', reject);
+      sock.once('data', () => {
+        // a is streaming; b is generating too, its answer held until a's ends. Leave.
+        sock.destroy();
+        resolve();
+      });
+    });
+    // b's generation started (it was answered, not refused) and was stopped with the
+    // connection, not left to run for a client that cannot see it.
+    await waitFor(() => upstreamOf(b)?.clientClosed === true, 3000, "b's upstream closed");
+    // Stopped, not finished: 400 tokens at 20 ms would take 8 s. (a's client saw a's head, so
+    // a goes on into the journal for the resume grace, as any stream whose client left.)
+    expect(upstreamOf(b)!.done).toBe(false);
+  });
+
   it('never cuts a stream when a pipelined request behind it is slow to arrive', async () => {
     const s = await serve(); // requestTimeoutMs: 400
     const reply = await rawExchange(
@@ -345,6 +380,58 @@ describe('createHttpServer', () => {
     expect(reply).toMatch(/HTTP\/1\.1 408 [\s\S]*"code":"request_timeout"/);
   });
 });
+
+/** A text-format GET of /chat-stream as raw HTTP/1.1. */
+function textGet(prompt: string, extra = ''): string {
+  return (
+    `GET /chat-stream?format=text&thinking=false&prompt=${encodeURIComponent(prompt)} ` +
+    `HTTP/1.1\r\nHost: x\r\n${extra}\r\n`
+  );
+}
+
+/** As rawExchange, as bytes (chunk sizes count bytes, and the answers are not all ASCII). */
+function rawBytes(port: number, text: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(text));
+    const got: Buffer[] = [];
+    sock.on('data', (c: Buffer) => got.push(c));
+    sock.on('close', () => resolve(Buffer.concat(got)));
+    sock.on('error', reject);
+  });
+}
+
+/** The responses in a connection's bytes: status and body (chunked or Content-Length). */
+function splitResponses(raw: Buffer): Array<{ status: number; body: string }> {
+  const out: Array<{ status: number; body: string }> = [];
+  let at = 0;
+  while (at < raw.length) {
+    const headEnd = raw.indexOf('\r\n\r\n', at);
+    if (headEnd === -1) throw new Error(`no head at ${at}`);
+    const head = raw.toString('latin1', at, headEnd);
+    const status = Number(/^HTTP\/1\.1 (\d+)/.exec(head)?.[1]);
+    at = headEnd + 4;
+    const parts: Buffer[] = [];
+    if (/\r\ntransfer-encoding: chunked/i.test(head)) {
+      for (;;) {
+        const lineEnd = raw.indexOf('\r\n', at);
+        const size = parseInt(raw.toString('latin1', at, lineEnd), 16);
+        at = lineEnd + 2;
+        if (size === 0) {
+          at += 2;
+          break;
+        }
+        parts.push(raw.subarray(at, at + size));
+        at += size + 2;
+      }
+    } else {
+      const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 0);
+      parts.push(raw.subarray(at, at + length));
+      at += length;
+    }
+    out.push({ status, body: Buffer.concat(parts).toString('utf8') });
+  }
+  return out;
+}
 
 /** Write `text` on a fresh connection and collect everything until the server closes it. */
 function rawExchange(port: number, text: string): Promise<string> {
