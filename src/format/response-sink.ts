@@ -96,15 +96,9 @@ export class ResponseSink {
     return this.closed;
   }
 
-  /**
-   * The head (with X-Request-Id, and the SSE preamble's id) went out to the client. A response
-   * queued behind another on its connection (pipelined) has no socket yet: its head waits in
-   * Node's buffer, and the client has seen nothing.
-   */
+  /** The head (with X-Request-Id, and the SSE preamble's id) went out to the client. */
   get headSent(): boolean {
-    return (
-      this.status !== 0 && !this.headPending && this.res.headersSent && this.res.socket !== null
-    );
+    return this.status !== 0 && !this.headPending && this.res.headersSent;
   }
 
   /**

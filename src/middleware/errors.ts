@@ -95,27 +95,51 @@ export function clientGone(res: http.ServerResponse): boolean {
 /**
  * `listener` on the response's 'close', which Node emits when the response ends or its
  * connection closes; also, for a response still queued behind another answer on its connection
- * (pipelined), when that connection closes: Node says nothing to a queued response then, and a
- * stream answering it would run (and be billed) for nobody, its slot held. For a queued
- * response, `listener` is called at most once.
+ * (pipelined), when that connection closes. Node says nothing to a queued response then: it
+ * would stay open forever (its heartbeat writing into a buffer nobody reads), and a stream
+ * answering it would run (and be billed) for nobody, its slot held. So the response is destroyed
+ * first, and every check of `res.destroyed` and clientGone() sees it. For a queued response,
+ * `listener` is called at most once.
  */
 export function onResponseClose(res: http.ServerResponse, listener: () => void): void {
   if (res.socket !== null || res.writableFinished) {
     res.on('close', listener);
     return;
   }
-  const connection = res.req.socket;
   let fired = false;
   const once = () => {
     if (fired) return;
     fired = true;
-    connection.off('close', once);
+    forget();
     listener();
   };
+  const forget = whenConnectionCloses(res.req.socket, () => {
+    if (!res.destroyed) res.destroy();
+    once();
+  });
   res.on('close', once);
-  connection.on('close', once);
   // Its turn came: from here on, the response's own 'close' says it.
-  res.once('socket', () => connection.off('close', once));
+  res.once('socket', forget);
+}
+
+/** What waits on each connection's close (one listener per connection, however many queue). */
+const onConnectionClose = new WeakMap<Duplex, Set<() => void>>();
+
+/** Call `fn` when `connection` closes; the function returned forgets it. */
+function whenConnectionCloses(connection: Duplex, fn: () => void): () => void {
+  let waiting = onConnectionClose.get(connection);
+  if (waiting === undefined) {
+    const set = new Set<() => void>();
+    onConnectionClose.set(connection, set);
+    connection.once('close', () => {
+      onConnectionClose.delete(connection);
+      for (const f of set) f();
+    });
+    waiting = set;
+  }
+  const set = waiting;
+  set.add(fn);
+  return () => set.delete(fn);
 }
 
 /**
@@ -123,7 +147,6 @@ export function onResponseClose(res: http.ServerResponse, listener: () => void):
  * it in the SPEC's shape too. A request line and headers over Node's limit (16 KiB by default) is
  * most often a GET prompt that is too long for a URL: 413, pointing to POST.
  */
-
 export function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
   if (!socket.writable) {
     socket.destroy();

@@ -153,8 +153,9 @@ export function chatStreamRouter(
         const left = () => {
           stream.resume();
           // A client that never saw this stream's id (its own X-Request-ID, or the head that
-          // carries ours) can never come back for it: stop now, not after the grace.
-          recorder.detach(clientChoseId || sink.headSent);
+          // carries ours) can never come back for it: stop now, not after the grace. A response
+          // pipelined behind another never had a socket: its head never left Node's buffer.
+          recorder.detach(clientChoseId || (sink.headSent && res.socket !== null));
         };
         onResponseClose(res, () => {
           if (!res.writableFinished) left();

@@ -343,28 +343,43 @@ describe('createHttpServer', () => {
     expect(answers[1]!.body).toBe(simulateAnswer(b).text);
   });
 
-  it('stops a pipelined stream whose connection closes while it waits its turn', async () => {
-    const s = await serve();
-    const a = 'pipelined wait a [[tokens=40 delay=50]]';
-    const b = 'pipelined wait b [[tokens=400 delay=20]]'; // 8 s if nobody stops it
-    const upstreamOf = (prompt: string) =>
-      sim.requests.find((r) => r.body.messages?.some((m) => m.content === prompt));
-    await new Promise<void>((resolve, reject) => {
-      const sock = net.connect(s.port, '127.0.0.1', () => sock.write(textGet(a) + textGet(b)));
-      sock.on('error', reject);
-      sock.once('data', () => {
-        // a is streaming; b is generating too, its answer held until a's ends. Leave.
-        sock.destroy();
-        resolve();
-      });
-    });
-    // b's generation started (it was answered, not refused) and was stopped with the
-    // connection, not left to run for a client that cannot see it.
-    await waitFor(() => upstreamOf(b)?.clientClosed === true, 3000, "b's upstream closed");
-    // Stopped, not finished: 400 tokens at 20 ms would take 8 s. (a's client saw a's head, so
-    // a goes on into the journal for the resume grace, as any stream whose client left.)
-    expect(upstreamOf(b)!.done).toBe(false);
-  });
+  it.each(['text', 'sse'])(
+    'stops %s streams pipelined behind another when their connection closes while they wait',
+    async (format) => {
+      // Heartbeats every 100 ms: a queued SSE answer's would go on forever if it stayed open.
+      const s = await serve({ heartbeatMs: 100, maxStreamsPerClient: 10 });
+      const a = `pipelined wait ${format} a [[tokens=40 delay=50]]`;
+      // 8 s each if nobody stops them.
+      const queued = [1, 2, 3, 4, 5, 6].map(
+        (n) => `pipelined wait ${format} ${n} [[tokens=400 delay=20]]`,
+      );
+      const ask = (p: string) => textGet(p).replace('format=text', `format=${format}`);
+      const upstreamOf = (prompt: string) =>
+        sim.requests.find((r) => r.body.messages?.some((m) => m.content === prompt));
+      const sock = net.connect(s.port, '127.0.0.1', () =>
+        sock.write([a, ...queued].map(ask).join('')),
+      );
+      const closed = new Promise((r) => sock.on('close', r));
+      sock.on('error', () => undefined);
+      // a streams; the six behind it generate too, their answers held until a's ends.
+      await waitFor(() => queued.every((p) => upstreamOf(p) !== undefined), 3000, 'all started');
+      const connection = s.arrivals[0]!.req.socket;
+      // One listener for all of them on the connection (Node warns past ten).
+      expect(connection.listenerCount('close')).toBeLessThan(5);
+      sock.destroy();
+      await closed;
+      // Stopped with the connection, not left to run for a client that cannot see them.
+      await waitFor(
+        () => queued.every((p) => upstreamOf(p)?.clientClosed === true),
+        3000,
+        'their upstreams closed',
+      );
+      for (const p of queued) expect(upstreamOf(p)!.done).toBe(false); // 8 s each: not finished
+      // And their responses are done with (an open one kept its heartbeat writing forever).
+      for (const arrival of s.arrivals.slice(1)) expect(arrival.res.destroyed).toBe(true);
+      // (a's client saw a's head, so a goes on into the journal for the resume grace.)
+    },
+  );
 
   it('never cuts a stream when a pipelined request behind it is slow to arrive', async () => {
     const s = await serve(); // requestTimeoutMs: 400
