@@ -31,7 +31,8 @@ COPY public ./public
 USER node
 EXPOSE 3000
 # Liveness with node itself (the slim image has no curl): GET /healthz on PORT (default 3000),
-# over HTTPS when TLS_CERT_FILE is set (the server then speaks only HTTPS).
+# over HTTPS when TLS_CERT_FILE is set (the server then speaks only HTTPS), at HOST when it names
+# one address (127.0.0.1 when it is unset or a wildcard).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-  CMD ["node", "-e", "const c=require(process.env.TLS_CERT_FILE?'https':'http');const r=c.get({host:'127.0.0.1',port:process.env.PORT||3000,path:'/healthz',rejectUnauthorized:false,timeout:4000},(s)=>process.exit(s.statusCode===200?0:1));r.on('timeout',()=>r.destroy());r.on('error',()=>process.exit(1));"]
+  CMD ["node", "-e", "const c=require(process.env.TLS_CERT_FILE?'https':'http');const h=(process.env.HOST||'').trim().replace(/^\\[|\\]$/g,'');const r=c.get({host:!h||h==='0.0.0.0'||h==='::'?'127.0.0.1':h,port:process.env.PORT||3000,path:'/healthz',rejectUnauthorized:false,timeout:4000},(s)=>process.exit(s.statusCode===200?0:1));r.on('timeout',()=>r.destroy());r.on('error',()=>process.exit(1));"]
 CMD ["node", "dist/server.js"]

@@ -1,6 +1,9 @@
 // The server as a process, as `npm start` runs it: start-up validation, the simulator fallback,
 // and graceful shutdown.
 
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseSse, q, request, sseText, waitFor } from '../helpers/stack';
 import { startServerProcess as startServer } from '../helpers/proc';
 import { simulateAnswer } from '../../src/simulator/answer';
@@ -26,6 +29,38 @@ describe('start-up', () => {
       const res = await request(base + q('hello'));
       expect(res.status).toBe(200);
       expect(res.body).toBe(simulateAnswer('hello').text);
+    } finally {
+      p.child.kill('SIGTERM');
+      expect(await p.exit).toBe(0);
+    }
+  }, 30_000);
+});
+
+describe("the Docker image's HEALTHCHECK", () => {
+  // The command as the Dockerfile has it, run with node here against a server on HOST.
+  const dockerfile = fs.readFileSync(path.join(__dirname, '../../Dockerfile'), 'utf8');
+  const cmd = JSON.parse(/HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])/.exec(dockerfile)![1]!) as string[];
+  const check = (env: Record<string, string>) =>
+    new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, cmd.slice(1), {
+        env: { PATH: process.env.PATH ?? '', ...env },
+        stdio: 'ignore',
+      });
+      child.on('exit', (code) => resolve(code));
+    });
+
+  it('asks the address HOST names, and fails when nothing answers there', async () => {
+    expect(cmd[0]).toBe('node');
+    // 127.0.0.2 is loopback too (all of 127/8), but a server bound to it is not on 127.0.0.1.
+    const p = startServer({ PORT: '0', HOST: '127.0.0.2', SIMULATOR_TOKEN_DELAY_MS: '0' });
+    try {
+      const port = new URL(await p.ready()).port;
+      expect(await check({ PORT: port, HOST: '127.0.0.2' })).toBe(0);
+      expect(await check({ PORT: port, HOST: ' [127.0.0.2] ' })).toBe(0);
+      expect(await check({ PORT: port, HOST: '127.0.0.3' })).toBe(1);
+      // Unset or a wildcard: 127.0.0.1, where this server is not.
+      expect(await check({ PORT: port })).toBe(1);
+      expect(await check({ PORT: port, HOST: '0.0.0.0' })).toBe(1);
     } finally {
       p.child.kill('SIGTERM');
       expect(await p.exit).toBe(0);
