@@ -18,6 +18,19 @@ import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
 import type { ChatStream } from '../stream/chat-stream';
 import { parseChatStreamRequest, type ChatStreamRequest } from './chat-request';
 
+/**
+ * A GET's prompt is in its URL, and a request going through the API guards' mount ends up with
+ * the URL twice: Express rebuilds `req.url` when it leaves a mounted layer (the same text as
+ * `originalUrl`, a new string), and the parse cached in `_parsedUrl` holds slices of the first.
+ * A stream keeps its request for its whole life: with the query read (once, above), one copy is
+ * enough. Up to 16 KB per open stream (Node's limit on a request head).
+ */
+function keepOneUrl(req: Request): void {
+  if (req.url !== req.originalUrl) return; // a mount still in effect: leave it alone
+  req.url = req.originalUrl;
+  (req as { _parsedUrl?: unknown })._parsedUrl = undefined;
+}
+
 export function chatStreamRouter(
   config: Config,
   service: ChatService,
@@ -31,6 +44,7 @@ export function chatStreamRouter(
    */
   const handle = async (req: Request, res: Response, fromQuery: boolean, headOnly = false) => {
     const src = (fromQuery ? req.query : req.body) as Record<string, unknown>;
+    if (fromQuery) keepOneUrl(req);
     const requestId = res.locals.requestId as string;
     const clientChoseId = req.headers['x-request-id'] === requestId;
 
