@@ -195,7 +195,7 @@ class OpenAiStreamSink implements StreamListener {
     this.heartbeat = new Heartbeat(this.res, this.heartbeatMs, () => {
       this.bytesOut += PING.length;
       this.res.write(PING);
-      if (this.headPending) this.headSent();
+      if (this.headPending) this.headWentOut();
     });
   }
   /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
@@ -234,17 +234,17 @@ class OpenAiStreamSink implements StreamListener {
     if (out.length === 0) {
       if (this.headPending) {
         this.res.flushHeaders();
-        this.headSent();
+        this.headWentOut();
       }
       return true;
     }
     this.heartbeat?.wrote();
     const ok = this.res.write(out);
-    if (this.headPending) this.headSent();
+    if (this.headPending) this.headWentOut();
     return ok;
   }
   /** The head went out with the write just made: Node's copies of it can go (flat.ts). */
-  private headSent(): void {
+  private headWentOut(): void {
     this.headPending = false;
     releaseHead(this.res);
   }

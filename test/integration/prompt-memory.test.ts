@@ -5,6 +5,7 @@
 
 import http from 'node:http';
 import net from 'node:net';
+import type { Readable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { createApp, type ProxyApp } from '../../src/app';
 import { testConfig, type Config } from '../../src/config';
@@ -108,21 +109,44 @@ function open(
 function firstToken(req: http.ClientRequest): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     req.on('error', reject);
-    req.on('response', (res) => {
-      let seen = '';
-      res.setEncoding('utf8');
-      const onData = (c: string) => {
-        seen += c;
-        if (seen.includes('first')) {
-          res.off('data', onData);
-          res.resume();
-          resolve(res);
-        }
-      };
-      res.on('data', onData);
-      res.on('end', () => reject(new Error(`ended (${res.statusCode}) before a token: ${seen}`)));
-    });
+    req.on('response', (res) => resolve(untilToken(res)));
   });
+}
+
+/**
+ * `stream` (a response, or a bare socket with the head in it) once the upstream's token came
+ * through; it stays open, read and dropped. Fails on an error status or an end before the token.
+ */
+function untilToken<T extends Readable>(stream: T): Promise<T> {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    stream.setEncoding('utf8');
+    const onData = (c: string) => {
+      seen += c;
+      if (seen.includes('first')) {
+        stream.off('data', onData);
+        stream.resume();
+        resolve(stream);
+      } else if (/^HTTP\/1\.1 [^2]/.test(seen)) reject(new Error(seen.slice(0, 200)));
+    };
+    stream.on('data', onData);
+    stream.on('error', reject);
+    stream.on('end', () => reject(new Error(`ended before a token: ${seen.slice(0, 200)}`)));
+  });
+}
+
+/**
+ * Heap and Buffers per stream that `open(i)` leaves open, the lower of two rounds of `n` (the
+ * first also pays for what the process builds once: compiled code). `i` counts across rounds.
+ */
+async function heapPerOpenStream(n: number, open: (i: number) => Promise<void>): Promise<number> {
+  let perStream = Infinity;
+  for (let round = 0; round < 2; round++) {
+    const before = await heapAfterGc(true);
+    for (let i = 0; i < n; i++) await open(round * n + i);
+    perStream = Math.min(perStream, ((await heapAfterGc(true)) - before) / n);
+  }
+  return perStream;
 }
 
 const cases: Array<{ name: string; kind: 'chat-stream' | 'v1'; signed: boolean }> = [
@@ -142,16 +166,10 @@ it.each(cases)(
         const r = requestFor(kind, 1000 + i);
         responses.push(await open(s.port, r.path, r.body, signed));
       }
-      // Twice: the first round also pays for what the process builds once (compiled code).
-      let perStream = Infinity;
-      for (let round = 0; round < 2; round++) {
-        const before = await heapAfterGc(true);
-        for (let i = 0; i < N; i++) {
-          const r = requestFor(kind, round * N + i);
-          responses.push(await open(s.port, r.path, r.body, signed));
-        }
-        perStream = Math.min(perStream, ((await heapAfterGc(true)) - before) / N);
-      }
+      const perStream = await heapPerOpenStream(N, async (i) => {
+        const r = requestFor(kind, i);
+        responses.push(await open(s.port, r.path, r.body, signed));
+      });
       // Measured: about 1.4 prompts (the prompt, and ~40 KB of the stream's own); it was 2.4 (/v1)
       // and 3.2 (/chat-stream) with the serialised request and the raw body kept.
       expect(perStream).toBeGreaterThan(PROMPT_CHARS); // the prompt itself is held: a real reading
@@ -174,20 +192,7 @@ function openGet(port: number, prompt: string): Promise<net.Socket> {
   const path = `/chat-stream?format=sse&prompt=${encodeURIComponent(prompt)}`;
   const sock = net.connect(port, '127.0.0.1');
   sock.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n`);
-  return new Promise((resolve, reject) => {
-    let seen = '';
-    sock.setEncoding('utf8');
-    const onData = (c: string) => {
-      seen += c;
-      if (seen.includes('first')) {
-        sock.off('data', onData);
-        sock.resume();
-        resolve(sock);
-      } else if (/^HTTP\/1\.1 [^2]/.test(seen)) reject(new Error(seen.slice(0, 200)));
-    };
-    sock.on('data', onData);
-    sock.on('error', reject);
-  });
+  return untilToken(sock);
 }
 
 it('an open GET stream holds its URL once', async () => {
@@ -195,18 +200,10 @@ it('an open GET stream holds its URL once', async () => {
   const socks: net.Socket[] = [];
   const prompt = (i: number, chars: number) =>
     `g${i % 10} `.repeat(chars / 3).slice(0, chars) + String(i);
-  const perStream = async (chars: number, from: number) => {
-    let best = Infinity;
-    // Twice: the first round also pays for what the process builds once (compiled code).
-    for (let round = 0; round < 2; round++) {
-      const before = await heapAfterGc(true);
-      for (let i = 0; i < GET_N; i++)
-        socks.push(await openGet(s.port, prompt(from + round * GET_N + i, chars)));
-      const got = ((await heapAfterGc(true)) - before) / GET_N;
-      best = Math.min(best, got);
-    }
-    return best;
-  };
+  const perStream = (chars: number, from: number) =>
+    heapPerOpenStream(GET_N, async (i) => {
+      socks.push(await openGet(s.port, prompt(from + i, chars)));
+    });
   try {
     for (let i = 0; i < 3; i++) socks.push(await openGet(s.port, prompt(9000 + i, 100)));
     const short = await perStream(8, 0);
