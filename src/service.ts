@@ -21,6 +21,8 @@ export interface StreamMeta {
   peakBuffered?: () => number;
   /** On shutdown: leave the stream for another worker; false if it cannot be handed off. */
   handoff?: () => boolean;
+  /** Called (as a method) once the stream has ended normally, after its log line. */
+  ended?: () => void;
 }
 
 export function engineSettings(c: Config): EngineSettings {
@@ -43,7 +45,7 @@ export function engineSettings(c: Config): EngineSettings {
 
 export class ChatService {
   readonly active = new Set<ChatStream>();
-  private readonly handoffs = new Map<ChatStream, () => boolean>();
+  private readonly handoffs = new Map<ChatStream, StreamMeta>();
   draining = false;
   private readonly settings: EngineSettings;
   private idleWaiters: Array<() => void> = [];
@@ -104,7 +106,7 @@ export class ChatService {
     const stream = new ChatStream(this.client, this.settings, body, listener, opts);
     this.active.add(stream);
     this.metrics?.activeStreams.inc();
-    if (meta.handoff) this.handoffs.set(stream, meta.handoff);
+    if (meta.handoff) this.handoffs.set(stream, meta);
     let running: Promise<void>;
     try {
       bind(stream);
@@ -117,7 +119,10 @@ export class ChatService {
     }
     // Forgotten however run() settles: a listener that throws from fail() makes it reject.
     return running.then(
-      () => this.ended(stream, meta),
+      () => {
+        this.ended(stream, meta);
+        meta.ended?.();
+      },
       (err: unknown) => {
         this.ended(stream, meta);
         throw err;
@@ -155,7 +160,7 @@ export class ChatService {
     // Retry-After for a stream stopped before its head went out (its answer is the JSON 503).
     const err = new ProxyError('shutting_down', 'the server is shutting down', { retryAfterS: 1 });
     for (const s of [...this.active]) {
-      if (this.handoffs.get(s)?.()) continue;
+      if (this.handoffs.get(s)?.handoff?.()) continue;
       s.stop(err);
     }
   }

@@ -8,12 +8,12 @@ import type { Config } from '../config';
 import { ProxyError } from '../errors';
 import { sseFrames, textFrames } from '../format/frames';
 import { ResponseSink } from '../format/response-sink';
-import { StreamRecorder } from '../journal/recorder';
+import { StreamRecorder, type RecorderOptions } from '../journal/recorder';
 import type { JournalStore, StreamMeta } from '../journal/types';
 import type { Metrics } from '../metrics';
 import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
-import type { ChatService } from '../service';
+import type { ChatService, StreamMeta as RunMeta } from '../service';
 import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
 import type { ChatStream } from '../stream/chat-stream';
 import { parseChatStreamRequest, type ChatStreamRequest } from './chat-request';
@@ -128,59 +128,12 @@ export function chatStreamRouter(
     json: string,
     clientChoseId: boolean,
   ) {
-    const sink = sinkFor(res, parsed, requestId);
-    let abortStream: () => void = () => undefined;
-    let handOff: () => void = () => undefined;
-    const recorder = new StreamRecorder(journal, requestId, {
-      graceMs: config.resumeGraceMs,
-      abort: () => abortStream(),
-    });
-    recorder.attach(sink);
-    const run = service.run(
-      body,
-      recorder,
-      {
-        requestId,
-        route: '/chat-stream',
-        format: parsed.format,
-        model: parsed.params.model,
-        bytesOut: () => sink.bytesOut,
-        status: () => sink.status,
-        peakBuffered: () => sink.peakBuffered,
-        handoff: () => {
-          // A client still waiting for the head would get an empty 200 from cut(), which no
-          // client takes for a stream to come back for (EventSource gives up on it): it gets
-          // the JSON 503 shutting_down instead (the drain stops the stream).
-          if (!res.destroyed && !sink.headSent) return false;
-          if (!recorder.handoff()) return false;
-          handOff();
-          sink.cut();
-          return true;
-        },
-      },
-      (stream) => {
-        abortStream = () => stream.abort();
-        handOff = () => stream.abort('handed_off');
-        res.on('drain', () => stream.resume());
-        // The client left before the end: generation goes on into the journal for the grace
-        // period, then stops unless someone resumed.
-        const left = () => {
-          stream.resume();
-          // A client that never saw this stream's id (its own X-Request-ID, or the head that
-          // carries ours) can never come back for it: stop now, not after the grace. A response
-          // pipelined behind another never had a socket: its head never left Node's buffer.
-          recorder.detach(clientChoseId || (sink.headSent && res.socket !== null));
-        };
-        onResponseClose(res, () => {
-          if (!res.writableFinished) left();
-        });
-        // It may have left already, while the journal claim was awaited.
-        if (clientGone(res)) left();
-      },
-      { json },
-    );
+    const s = new NewStream(res, requestId, parsed, sinkFor(res, parsed, requestId), clientChoseId);
+    s.graceMs = config.resumeGraceMs;
+    s.recorder = new StreamRecorder(journal, requestId, s);
+    s.recorder.attach(s.sink);
     // Not awaited: an async function suspended for the stream's length keeps a generator.
-    return run.then(() => recorder.abandoned());
+    return service.run(body, s.recorder, s, (stream) => s.started(stream), { json });
   }
 
   /** SSE resume after `<requestId>:<seq>`. */
@@ -437,6 +390,89 @@ export function chatStreamRouter(
   });
   router.all('/chat-stream', methodNotAllowed(['GET', 'HEAD', 'POST']));
   return router;
+}
+
+/**
+ * A new stream's wiring between its response, its recorder and the engine: the recorder's
+ * options, the service's log fields and handoff, the response's drain and close. Kept for each
+ * open stream: one object with methods, not a dozen closures, their contexts and two objects.
+ */
+class NewStream implements RecorderOptions, RunMeta {
+  readonly route = '/chat-stream';
+  readonly format: string;
+  readonly model: string;
+  graceMs = 0;
+  recorder!: StreamRecorder;
+  private stream: ChatStream | undefined = undefined;
+
+  constructor(
+    private readonly res: Response,
+    readonly requestId: string,
+    parsed: ChatStreamRequest,
+    readonly sink: ResponseSink,
+    /** The client chose the id (X-Request-ID): it can come back even without our head. */
+    private readonly clientChoseId: boolean,
+  ) {
+    this.format = parsed.format;
+    this.model = parsed.params.model;
+  }
+
+  /** The recorder's: nobody is reading and nobody came back. */
+  abort(): void {
+    this.stream?.abort();
+  }
+
+  bytesOut(): number {
+    return this.sink.bytesOut;
+  }
+
+  status(): number {
+    return this.sink.status;
+  }
+
+  peakBuffered(): number {
+    return this.sink.peakBuffered;
+  }
+
+  handoff(): boolean {
+    // A client still waiting for the head would get an empty 200 from cut(), which no client
+    // takes for a stream to come back for (EventSource gives up on it): it gets the JSON 503
+    // shutting_down instead (the drain stops the stream).
+    if (!this.res.destroyed && !this.sink.headSent) return false;
+    if (!this.recorder.handoff()) return false;
+    this.stream?.abort('handed_off');
+    this.sink.cut();
+    return true;
+  }
+
+  /** The service's: generation ended (the resume grace included). */
+  ended(): void {
+    this.recorder.abandoned();
+  }
+
+  /** The engine's stream exists: the response's drain and close reach it. */
+  started(stream: ChatStream): void {
+    this.stream = stream;
+    const res = this.res;
+    res.on('drain', () => stream.resume());
+    onResponseClose(res, () => {
+      if (!res.writableFinished) this.left();
+    });
+    // It may have left already, while the journal claim was awaited.
+    if (clientGone(res)) this.left();
+  }
+
+  /**
+   * The client left before the end: generation goes on into the journal for the grace period,
+   * then stops unless someone resumed.
+   */
+  private left(): void {
+    this.stream?.resume();
+    // A client that never saw this stream's id (its own X-Request-ID, or the head that carries
+    // ours) can never come back for it: stop now, not after the grace. A response pipelined
+    // behind another never had a socket: its head never left Node's buffer.
+    this.recorder.detach(this.clientChoseId || (this.sink.headSent && this.res.socket !== null));
+  }
 }
 
 /** What identifies a request's upstream body: X-Request-ID reuse must bring the same one. */

@@ -11,7 +11,7 @@ import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
 import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
-import type { ChatService } from '../service';
+import type { ChatService, StreamMeta } from '../service';
 import type { StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
 import { resolveModel } from '../upstream/deepseek';
@@ -55,17 +55,17 @@ export function openAiRouter(
       ? new OpenAiStreamSink(res, requestId, config.heartbeatMs)
       : new OpenAiAggregateSink(res, requestId);
     body.stream = true; // non-stream answers are assembled from the stream
-    await service.run(
+    // Returned, not awaited: an async function suspended for the stream's length keeps a
+    // generator and its registers.
+    return service.run(
       body,
       listener,
-      {
+      new V1Meta(
         requestId,
-        route: '/v1/chat/completions',
-        format: stream ? 'openai-sse' : 'openai-json',
-        model: String(req.body.model ?? config.defaultModel),
-        bytesOut: () => listener.bytesOut,
-        status: () => listener.status,
-      },
+        stream ? 'openai-sse' : 'openai-json',
+        String(req.body.model ?? config.defaultModel),
+        listener,
+      ),
       (s) => {
         res.on('drain', () => s.resume());
         onResponseClose(res, () => {
@@ -76,6 +76,25 @@ export function openAiRouter(
   });
   router.all('/v1/chat/completions', methodNotAllowed(['POST']));
   return router;
+}
+
+/** A /v1 stream's log fields: an object with methods, not closures kept for the stream's life. */
+class V1Meta implements StreamMeta {
+  readonly route = '/v1/chat/completions';
+  constructor(
+    readonly requestId: string,
+    readonly format: string,
+    readonly model: string,
+    private readonly listener: { bytesOut: number; status: number },
+  ) {}
+
+  bytesOut(): number {
+    return this.listener.bytesOut;
+  }
+
+  status(): number {
+    return this.listener.status;
+  }
 }
 
 /** Validate just enough, resolve the model, keep every other field the client sent. */
