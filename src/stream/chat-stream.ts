@@ -10,7 +10,7 @@ import { CHAT_PATH, CUT_OFF_FINISH, NORMAL_FINISH, PREFIX_CHAT_PATH } from '../u
 import { UpstreamAbort, type UpstreamClient, type UpstreamResponse } from '../upstream/client';
 import { prefixContinuationBody, remainingMaxTokens, type UpstreamBody } from '../upstream/request';
 import { backoffDelay, isRetryable, type Failure } from '../upstream/retry';
-import { createSseDecoder } from './decoder';
+import { Decoder, type SseDecoderHandlers } from './decoder';
 import {
   ByteScan,
   interpret,
@@ -147,7 +147,8 @@ export class ChatStream implements DeltaSink {
   private usageSeen: Usage | undefined;
   private controller: UpstreamAbort | undefined;
   private upstreamBody: Readable | undefined;
-  private settle: ((r: AttemptResult) => void) | undefined;
+  /** The attempt whose upstream body is being read; its events count only while it is. */
+  reading: Reading | undefined = undefined;
   private wake: (() => void) | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   /** This attempt's chunks wait until one carries something (see releaseHeld). */
@@ -381,107 +382,97 @@ export class ChatStream implements DeltaSink {
       // Tokens are read straight from the bytes (interpretBytes), unless the format forwards
       // chunks and can only take them as text.
       const bytePath = !this.forwardChunks || this.listener.chunkBytes !== undefined;
-      const scan = new ByteScan();
-      const decoder = createSseDecoder(
-        {
-          onEvent: (data) => {
-            if (this.settle === finish) interpret(data, this, scan);
-          },
-          onOverflow: (n) => this.invalid(`upstream event larger than ${n} characters`),
-          onDataBytes: !bytePath
-            ? undefined
-            : (buf, start, end) => {
-                if (this.settle === finish) interpretBytes(buf, start, end, scan, this);
-              },
-        },
-        this.s.maxEventBytes,
-      );
-      const onData = (buf: Buffer) => {
-        // Hot path: one chunk of the upstream body (DeepSeek sends one per event, and one socket
-        // read can bring many). Keep-alive comments count as liveness. The idle timer is
-        // refreshed once per event-loop turn: the loop's clock stands still within a turn, so
-        // refreshing again re-armed it for the same time (a timer-list move and a clock call
-        // per token, for nothing); the end-of-turn callback is scheduled here and clears the
-        // flag.
-        if (!this.turnSeen) {
-          this.turnSeen = true;
-          this.idleTimer?.refresh();
-          setImmediate(this.endOfTurn);
-        }
-        this.stats.bytesIn += buf.length;
-        try {
-          decoder.feed(buf);
-        } catch (err) {
-          // Thrown by a listener from inside a socket event: it ends this stream only, with the
-          // listener's ProxyError (a chunk it could not use) or as a bug.
-          scan.clear();
-          finish(
-            err instanceof ProxyError
-              ? { ok: false, failure: { kind: 'protocol' }, error: err }
-              : internalFailure(err),
-          );
-          return;
-        }
-        scan.clear(); // its searches remember positions in this buffer only
-        // One client write per event-loop turn, not per upstream chunk: DeepSeek sends a chunk
-        // per event, and a write per chunk made writev the top item of the profile.
-        // Past 64 KiB read since the last write, write now: the buffer stays small for
-        // backpressure to act on.
-        this.unflushed += buf.length;
-        // The first token goes out at the end of its chunk: it is what time to first token
-        // measures. Anything else waits for the end of the turn (scheduled above).
-        if (this.dirty && (this.firstPending || this.unflushed >= FLUSH_NOW_BYTES)) {
-          this.flushNow();
-        }
-      };
-      const onEnd = () => {
-        decoder.end();
-        if (this.finishReason !== undefined) finish({ ok: true });
-        else finish(this.resetFailure('the upstream closed the stream before the answer finished'));
-      };
-      // After finish_reason the answer is whole: a connection that breaks (or goes quiet)
-      // before `[DONE]` ends it normally, never through a retry or a continuation.
-      const onError = () =>
-        finish(
-          this.finishReason !== undefined
-            ? { ok: true }
-            : this.resetFailure('the upstream connection broke during the answer'),
-        );
-      const onClose = () => {
-        if (!body.readableEnded) onError();
-      };
-      const finish = (r: AttemptResult) => {
-        if (this.settle !== finish) return;
-        this.settle = undefined;
-        this.clearIdle();
-        body.off('data', onData);
-        body.off('end', onEnd);
-        body.off('error', onError);
-        body.off('close', onClose);
-        body.on('error', noop);
-        this.upstreamBody = undefined;
-        if (r.ok && this.finishReason !== undefined && !body.readableEnded) {
-          body.resume(); // drain what is left (usage, [DONE]) so the socket goes back to the pool
-        } else if (!body.readableEnded) {
-          controller.abort(ABORT_STOP);
-          body.destroy();
-        }
-        if (r.ok) this.complete();
-        resolve(r);
-      };
-      this.settle = finish;
+      const r = new Reading(this, body, controller, resolve, bytePath, this.s.maxEventBytes);
+      this.reading = r;
       this.upstreamBody = body;
-      this.idleTimer = setTimeout(() => this.onIdle(), this.s.idleTimeoutMs);
+      this.idleTimer = setTimeout(idleTimeout, this.s.idleTimeoutMs, this);
       this.idleTimer.unref();
-      body.on('data', onData);
-      body.on('end', onEnd);
-      body.on('error', onError);
-      body.on('close', onClose);
+      body.on('data', r.onData);
+      body.on('end', r.onEnd);
+      body.on('error', r.onError);
+      body.on('close', r.onClose);
       if (this.paused) body.pause();
     });
   }
 
-  private onIdle(): void {
+  /** Hot path: one chunk of the upstream body being read by `r`. */
+  read(r: Reading, buf: Buffer): void {
+    // DeepSeek sends one chunk per event, and one socket read can bring many. Keep-alive
+    // comments count as liveness. The idle timer is refreshed once per event-loop turn: the
+    // loop's clock stands still within a turn, so refreshing again re-armed it for the same time
+    // (a timer-list move and a clock call per token, for nothing); the end-of-turn callback is
+    // scheduled here and clears the flag.
+    if (!this.turnSeen) {
+      this.turnSeen = true;
+      this.idleTimer?.refresh();
+      setImmediate(this.endOfTurn);
+    }
+    this.stats.bytesIn += buf.length;
+    try {
+      r.decoder.feed(buf);
+    } catch (err) {
+      // Thrown by a listener from inside a socket event: it ends this stream only, with the
+      // listener's ProxyError (a chunk it could not use) or as a bug.
+      r.scan.clear();
+      if (this.reading === r) {
+        this.settle(
+          err instanceof ProxyError
+            ? { ok: false, failure: { kind: 'protocol' }, error: err }
+            : internalFailure(err),
+        );
+      }
+      return;
+    }
+    r.scan.clear(); // its searches remember positions in this buffer only
+    // One client write per event-loop turn, not per upstream chunk: DeepSeek sends a chunk
+    // per event, and a write per chunk made writev the top item of the profile.
+    // Past 64 KiB read since the last write, write now: the buffer stays small for
+    // backpressure to act on.
+    this.unflushed += buf.length;
+    // The first token goes out at the end of its chunk: it is what time to first token
+    // measures. Anything else waits for the end of the turn (scheduled above).
+    if (this.dirty && (this.firstPending || this.unflushed >= FLUSH_NOW_BYTES)) {
+      this.flushNow();
+    }
+  }
+
+  /** The body being read by `r` ended, or broke (`broke`). */
+  readEnded(r: Reading, broke: boolean): void {
+    if (this.reading !== r) return;
+    if (!broke) r.decoder.end();
+    // After finish_reason the answer is whole: a connection that breaks (or goes quiet)
+    // before `[DONE]` ends it normally, never through a retry or a continuation.
+    if (this.finishReason !== undefined) this.settle({ ok: true });
+    else if (broke)
+      this.settle(this.resetFailure('the upstream connection broke during the answer'));
+    else
+      this.settle(this.resetFailure('the upstream closed the stream before the answer finished'));
+  }
+
+  /** End the attempt being read, once: its body's listeners go, its promise resolves with `r`. */
+  private settle(result: AttemptResult): void {
+    const r = this.reading;
+    if (r === undefined) return;
+    this.reading = undefined;
+    this.clearIdle();
+    const body = r.body;
+    body.off('data', r.onData);
+    body.off('end', r.onEnd);
+    body.off('error', r.onError);
+    body.off('close', r.onClose);
+    body.on('error', noop);
+    this.upstreamBody = undefined;
+    if (result.ok && this.finishReason !== undefined && !body.readableEnded) {
+      body.resume(); // drain what is left (usage, [DONE]) so the socket goes back to the pool
+    } else if (!body.readableEnded) {
+      r.controller.abort(ABORT_STOP);
+      body.destroy();
+    }
+    if (result.ok) this.complete();
+    r.resolve(result);
+  }
+
+  onIdle(): void {
     if (this.paused) {
       // Our reader is slow, not the upstream: no bytes can arrive while we hold the socket.
       this.idleTimer?.refresh();
@@ -493,7 +484,7 @@ export class ChatStream implements DeltaSink {
       this.upstreamBody?.destroy();
       return;
     }
-    this.settle?.({
+    this.settle({
       ok: false,
       failure: { kind: 'idle_timeout' },
       error: this.timeoutError('upstream_idle_timeout', 'idle', this.s.idleTimeoutMs),
@@ -627,7 +618,7 @@ export class ChatStream implements DeltaSink {
       return;
     }
     if (reason === CUT_OFF_FINISH) {
-      this.settle?.({
+      this.settle({
         ok: false,
         failure: { kind: 'cut_off' },
         error: new ProxyError('upstream_cut_off', 'the upstream cut the answer off'),
@@ -644,11 +635,11 @@ export class ChatStream implements DeltaSink {
 
   done(): void {
     if (this.finishReason === undefined) this.finishReason = 'stop';
-    this.settle?.({ ok: true });
+    this.settle({ ok: true });
   }
 
   invalid(message: string): void {
-    this.settle?.(this.protocolFailure(message));
+    this.settle(this.protocolFailure(message));
   }
 
   upstreamError(message: string): void {
@@ -658,7 +649,7 @@ export class ChatStream implements DeltaSink {
       this.done();
       return;
     }
-    this.settle?.({
+    this.settle({
       ok: false,
       failure: { kind: 'reset' },
       error: new ProxyError('upstream_error', sanitize(message)),
@@ -814,7 +805,7 @@ export class ChatStream implements DeltaSink {
   private teardown(): void {
     this.controller?.abort(ABORT_STOP);
     this.upstreamBody?.destroy();
-    this.settle?.({ ok: false, failure: { kind: 'reset' }, error: this.aborted() });
+    this.settle({ ok: false, failure: { kind: 'reset' }, error: this.aborted() });
     this.wake?.();
   }
 
@@ -964,6 +955,49 @@ const CONNECT_CODES = new Set([
 ]);
 
 function noop(): void {}
+
+function idleTimeout(stream: ChatStream): void {
+  stream.onIdle();
+}
+
+/**
+ * One attempt's upstream body being read: the decoder, its handlers and the body's listeners.
+ * An object with methods for each open stream, where closures over the attempt's scope kept
+ * that scope and a closure per handler; the listeners hold this object only.
+ */
+class Reading implements SseDecoderHandlers {
+  readonly scan = new ByteScan();
+  readonly decoder: Decoder;
+  readonly onData = (buf: Buffer): void => this.engine.read(this, buf);
+  readonly onEnd = (): void => this.engine.readEnded(this, false);
+  readonly onError = (): void => this.engine.readEnded(this, true);
+  readonly onClose = (): void => {
+    if (!this.body.readableEnded) this.engine.readEnded(this, true);
+  };
+
+  constructor(
+    private readonly engine: ChatStream,
+    readonly body: Readable,
+    readonly controller: UpstreamAbort,
+    readonly resolve: (r: AttemptResult) => void,
+    bytePath: boolean,
+    maxEventBytes: number,
+  ) {
+    this.decoder = new Decoder(this, maxEventBytes, bytePath);
+  }
+
+  onEvent(data: string): void {
+    if (this.engine.reading === this) interpret(data, this.engine, this.scan);
+  }
+
+  onOverflow(n: number): void {
+    this.engine.invalid(`upstream event larger than ${n} characters`);
+  }
+
+  onDataBytes(buf: Buffer, start: number, end: number): void {
+    if (this.engine.reading === this) interpretBytes(buf, start, end, this.scan, this.engine);
+  }
+}
 
 function isHighSurrogate(code: number): boolean {
   return code >= 0xd800 && code <= 0xdbff;

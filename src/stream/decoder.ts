@@ -43,18 +43,23 @@ export function createSseDecoder(
   handlers: SseDecoderHandlers,
   maxEventChars = 1 << 20,
 ): SseDecoder {
-  return new Decoder(handlers, maxEventChars);
+  const d = new Decoder(handlers, maxEventChars);
+  // The API's methods work detached too (`stream.on('data', decoder.feed)`), as the closures
+  // the class replaced did.
+  d.feed = d.feed.bind(d);
+  d.end = d.end.bind(d);
+  d.reset = d.reset.bind(d);
+  return d;
 }
 
 /**
- * A class, not closures over shared variables: one object (and three bound methods) per stream
- * instead of a context and a dozen closures.
+ * The decoder, for callers that call its methods on it (the engine): a class, not closures over
+ * shared variables, and no bound methods (createSseDecoder adds them): one object per stream.
+ * The handlers are called as methods of `handlers`.
  */
-class Decoder implements SseDecoder {
-  private readonly onEvent: SseDecoderHandlers['onEvent'];
-  private readonly onComment: SseDecoderHandlers['onComment'];
-  private readonly onOverflow: SseDecoderHandlers['onOverflow'];
-  private readonly onDataBytes: SseDecoderHandlers['onDataBytes'];
+export class Decoder implements SseDecoder {
+  /** Take the byte path (handlers.onDataBytes). */
+  private readonly bytePath: boolean;
   private utf8 = new Utf8Stream(); // strips one leading BOM, keeps split sequences
   // Text of an unfinished line, kept as fragments and joined once when the line ends: a long line
   // fed byte by byte stays linear instead of re-copying the prefix on every feed.
@@ -70,19 +75,13 @@ class Decoder implements SseDecoder {
   private inDroppedLine = false;
   lastEventId = '';
 
+  /** `bytePath` false: onDataBytes is never called, even if the handlers have it. */
   constructor(
-    handlers: SseDecoderHandlers,
+    private readonly h: SseDecoderHandlers,
     private readonly maxEventChars: number,
+    bytePath = h.onDataBytes !== undefined,
   ) {
-    this.onEvent = handlers.onEvent;
-    this.onComment = handlers.onComment;
-    this.onOverflow = handlers.onOverflow;
-    this.onDataBytes = handlers.onDataBytes;
-    // The API's methods work detached too (`stream.on('data', decoder.feed)`), as the closures
-    // this class replaced did.
-    this.feed = this.feed.bind(this);
-    this.end = this.end.bind(this);
-    this.reset = this.reset.bind(this);
+    this.bytePath = bytePath;
   }
 
   private resetEvent(): void {
@@ -92,7 +91,7 @@ class Decoder implements SseDecoder {
   }
 
   private dispatch(): void {
-    if (this.dataLines > 0 && !this.dropping) this.onEvent(this.data, this.eventType);
+    if (this.dataLines > 0 && !this.dropping) this.h.onEvent(this.data, this.eventType);
     this.dropping = false;
     this.resetEvent();
   }
@@ -103,7 +102,7 @@ class Decoder implements SseDecoder {
     this.fragmentsLength = 0;
     this.resetEvent();
     this.dropping = true;
-    this.onOverflow(size);
+    this.h.onOverflow(size);
   }
 
   // One complete line, s[start, end). Hot path for `data:` lines.
@@ -129,8 +128,8 @@ class Decoder implements SseDecoder {
       return;
     }
     if (c0 === COLON) {
-      if (this.onComment)
-        this.onComment(s.slice(s.charCodeAt(start + 1) === SPACE ? start + 2 : start + 1, end));
+      if (this.h.onComment)
+        this.h.onComment(s.slice(s.charCodeAt(start + 1) === SPACE ? start + 2 : start + 1, end));
       return;
     }
     this.fieldLine(s, start, end);
@@ -219,11 +218,8 @@ class Decoder implements SseDecoder {
   // line starting with `data:` right before an LF LF pair is a whole single-line event. Any other
   // complete line is decoded and goes through line(); the unfinished tail goes through feedText.
   // Returns the offset where the byte path stopped.
-  private feedLines(
-    buf: Buffer,
-    from: number,
-    onBytes: NonNullable<SseDecoderHandlers['onDataBytes']>,
-  ): number {
+  private feedLines(buf: Buffer, from: number): number {
+    const h = this.h;
     const n = buf.length;
     let pos = from;
     while (pos < n) {
@@ -244,7 +240,7 @@ class Decoder implements SseDecoder {
         const v = buf[pos + 5] === SPACE ? pos + 6 : pos + 5;
         // Bytes >= characters: a line within the bound in bytes is within it in characters.
         if (lf - v <= this.maxEventChars) {
-          onBytes(buf, v, lf);
+          h.onDataBytes!(buf, v, lf);
           pos = lf + 2;
           continue;
         }
@@ -260,8 +256,7 @@ class Decoder implements SseDecoder {
   }
 
   feed(bytes: Uint8Array): void {
-    const onDataBytes = this.onDataBytes;
-    if (onDataBytes === undefined) {
+    if (!this.bytePath) {
       this.feedBytes(bytes);
       return;
     }
@@ -288,7 +283,7 @@ class Decoder implements SseDecoder {
       this.feedBytes(buf);
       return;
     }
-    const pos = this.feedLines(buf, from, onDataBytes);
+    const pos = this.feedLines(buf, from);
     if (pos < buf.length) this.feedBytes(buf.subarray(pos));
   }
 
