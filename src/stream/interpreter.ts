@@ -158,6 +158,10 @@ export class ByteFinder {
   }
 }
 
+const BRACE = new ByteFinder(123 /* { */);
+const NOT_FINISHED_FINDER = new ByteFinder(NOT_FINISHED_BYTES);
+const TOKEN: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
+
 /**
  * Per stream: the searches of interpretBytes, remembered within one buffer (clear() before a
  * buffer's bytes may change, and whenever convenient after a feed), and the envelope of the last
@@ -172,25 +176,28 @@ export class ByteFinder {
  * token, no parse.
  */
 export class ByteScan {
-  readonly brace = new ByteFinder(123 /* { */);
-  readonly notFinished = new ByteFinder(NOT_FINISHED_BYTES);
-  /** The checked envelope, as bytes (interpretBytes)... */
-  head: Buffer | undefined;
-  tail: Buffer | undefined;
+  // The searches and the token's bytes are the current buffer's only (clear() after each feed),
+  // so every stream shares one of each: two finders and an object less per open stream.
+  readonly brace = BRACE;
+  readonly notFinished = NOT_FINISHED_FINDER;
+  /** The last token's bytes, handed to the sink with it (valid during that call only). */
+  readonly token = TOKEN;
+  /**
+   * The checked envelope, as bytes (interpretBytes): the tail, the blank line and `data: ` that
+   * end one event and begin the next, and the head. Consecutive token events of one read are
+   * checked with one comparison each instead of two. Its first `tailLength` bytes are the tail,
+   * its last `headLength` the head: one buffer, no views of it kept.
+   */
+  joint: Buffer | undefined;
+  headLength = 0;
+  tailLength = 0;
   /** ...and as text (interpret). */
   text: { head: string; tail: string } | undefined;
   /** The checked byte envelope is a reasoning chunk's (`"content":null,"reasoning_content":"`). */
   headIsReasoning = false;
-  /**
-   * The tail, the blank line and `data: ` that end one event and begin the next, and the head:
-   * consecutive token events of one read are checked with one comparison each instead of two.
-   */
-  joint: Buffer | undefined;
   /** An event starting at `nextHead` in `nextBuf` has had its head checked by the joint. */
   nextBuf: Buffer | undefined;
   nextHead = -1;
-  /** The last token's bytes, handed to the sink with it. */
-  readonly token: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
 
   /**
    * Keep the envelope of `buf[start, end)` whose token literal is `[p, q)`. One allocation of its
@@ -200,17 +207,26 @@ export class ByteScan {
   setEnvelope(buf: Buffer, start: number, p: number, q: number, end: number, reasoning: boolean) {
     const headLength = p - start;
     const tailLength = end - q;
-    const jointLength = tailLength + NEXT_EVENT.length + headLength;
-    // The joint is tail, NEXT_EVENT, head: the head and the tail are its ends.
-    const own = Buffer.allocUnsafeSlow(jointLength);
+    const own = Buffer.allocUnsafeSlow(tailLength + NEXT_EVENT.length + headLength);
     buf.copy(own, 0, q, end);
     NEXT_EVENT.copy(own, tailLength);
     buf.copy(own, tailLength + NEXT_EVENT.length, start, p);
-    this.joint = own.subarray(0, jointLength);
-    this.head = own.subarray(jointLength - headLength, jointLength);
-    this.tail = own.subarray(0, tailLength);
+    this.joint = own;
+    this.headLength = headLength;
+    this.tailLength = tailLength;
     this.headIsReasoning = reasoning;
     this.nextBuf = undefined;
+  }
+
+  /** The checked head is `buf[start, p)`. */
+  headIs(buf: Buffer, start: number, p: number): boolean {
+    const joint = this.joint!;
+    return joint.compare(buf, start, p, joint.length - this.headLength, joint.length) === 0;
+  }
+
+  /** The checked tail is `buf[q, end)`. */
+  tailIs(buf: Buffer, q: number, end: number): boolean {
+    return this.joint!.compare(buf, q, end, 0, this.tailLength) === 0;
   }
 
   clear(): void {
@@ -235,11 +251,9 @@ export function interpretBytes(
 ): void {
   // Almost every event is a token chunk in the envelope checked before: try that first. Its
   // token starts right after the known head and ends right before the known tail, so no search.
-  const head = scan.head;
-  const tail = scan.tail;
-  if (head !== undefined && tail !== undefined) {
-    const p = start + head.length;
-    const q = end - tail.length;
+  if (scan.joint !== undefined) {
+    const p = start + scan.headLength;
+    const q = end - scan.tailLength;
     if (q >= p && buf[q] === 34 /* " */) {
       const text = knownToken(buf, start, p, q, end, scan);
       if (text !== undefined) {
@@ -315,15 +329,12 @@ function tokenAt(
     }
     q++;
   }
-  const head = scan.head;
-  const tail = scan.tail;
   const known =
-    head !== undefined &&
-    tail !== undefined &&
-    p - start === head.length &&
-    end - q === tail.length &&
-    head.compare(buf, start, p) === 0 &&
-    tail.compare(buf, q, end) === 0;
+    scan.joint !== undefined &&
+    p - start === scan.headLength &&
+    end - q === scan.tailLength &&
+    scan.headIs(buf, start, p) &&
+    scan.tailIs(buf, q, end);
   if (!known) {
     if (buf[q + 1] !== 125 /* } */ || buf[end - 1] !== 125) return undefined;
     const usual = end - USUAL_END.length;
@@ -363,18 +374,15 @@ function knownToken(
     }
   }
   // The head: checked already when the event before it in this read was (see joint).
-  if (
-    !(buf === scan.nextBuf && start === scan.nextHead) &&
-    scan.head!.compare(buf, start, p) !== 0
-  ) {
+  if (!(buf === scan.nextBuf && start === scan.nextHead) && !scan.headIs(buf, start, p)) {
     return undefined;
   }
   // The tail, and with it the head of the next event if one follows in this read.
   const joint = scan.joint!;
   if (q + joint.length <= buf.length && joint.compare(buf, q, q + joint.length) === 0) {
     scan.nextBuf = buf;
-    scan.nextHead = q + joint.length - scan.head!.length;
-  } else if (scan.tail!.compare(buf, q, end) !== 0) return undefined;
+    scan.nextHead = q + joint.length - scan.headLength;
+  } else if (!scan.tailIs(buf, q, end)) return undefined;
   return decodeLiteral(buf, p, q, escaped, scan.token);
 }
 

@@ -239,11 +239,17 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     const buf = Buffer.from(`data: ${token('a')}\n\ndata: ${token('b')}\n\n`);
     const first = buf.indexOf('\n\n');
     interpretBytes(buf, 6, first, scan, recorder([]));
-    expect(scan.head).toBeDefined();
+    expect(scan.joint).toBeDefined();
     // A slice of the pool would keep its whole 8 KiB block alive as long as the stream.
-    for (const b of [scan.head!, scan.tail!, scan.joint!]) {
-      expect(b.buffer.byteLength).toBe(scan.joint!.length);
-    }
+    expect(scan.joint!.buffer.byteLength).toBe(scan.joint!.length);
+    // Tail, then the blank line and `data: `, then head: the envelope around the token 'a'.
+    const chunk = token('a');
+    const at = chunk.indexOf('"a"');
+    expect(scan.joint!.toString()).toBe(
+      `${chunk.slice(at + 2)}\n\ndata: ${chunk.slice(0, at + 1)}`,
+    );
+    expect(scan.headLength).toBe(at + 1);
+    expect(scan.tailLength).toBe(chunk.length - at - 2);
   });
 
   it('a chunk in the checked envelope with more than one string between head and tail', () => {
