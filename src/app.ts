@@ -169,8 +169,9 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   // The streaming routes first, straight on the app's router: Express tries every layer in
   // turn, and entering a router of their own cost each request microseconds on the path to the
   // first token (docs/BENCHMARKS.md).
-  chatStreamRouter(config, service, journal, metrics, app);
-  openAiRouter(config, service, app);
+  const onError = errorHandler(logger);
+  chatStreamRouter(config, service, journal, metrics, app, onError);
+  openAiRouter(config, service, app, onError);
   batchRouter(config, service, app);
   app.use(healthRouter(service, journal));
   if (config.metricsPort === undefined) {
@@ -180,7 +181,7 @@ export function createApp(config: Config, options: AppOptions = {}): ProxyApp {
   // Static files last: API requests never pay for a filesystem lookup.
   app.use(demoRouter());
   app.use(notFound);
-  app.use(errorHandler(logger));
+  app.use(onError);
 
   app.service = service;
   app.journal = journal;

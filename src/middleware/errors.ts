@@ -51,7 +51,32 @@ function fromClientHttpError(err: unknown): ProxyError | undefined {
   return new ProxyError('invalid_request', 'the body could not be read or decompressed');
 }
 
-export function errorHandler(log: Logger) {
+/** The app's error handler, as errorHandler() makes it. */
+export type ErrorHandler = (err: unknown, req: Request, res: Response, next: NextFunction) => void;
+
+function noNext(): void {}
+
+/**
+ * A route that started a stream lets Express's `next` go, and takes the stream's failure (a bug:
+ * service.run rejects on nothing else) to the error handler itself. Express kept `next` (its
+ * routers' closures and the request's final handler, about 1 KiB) for as long as a handler's
+ * promise was pending and the request pointed at it (`req.next`): a stream's whole life. Nothing
+ * calls it once the stream has started.
+ */
+export function releaseNext(
+  req: Request,
+  res: Response,
+  run: Promise<unknown>,
+  onError: ErrorHandler | undefined,
+): void {
+  run.then(undefined, (err: unknown) => {
+    if (onError) onError(err, req, res, noNext);
+    else res.destroy();
+  });
+  req.next = undefined;
+}
+
+export function errorHandler(log: Logger): ErrorHandler {
   return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     const e = fromBodyParser(err) ?? asProxyError(err);
     const requestId = res.locals.requestId as string | undefined;

@@ -215,10 +215,16 @@ export function streamCap(slots: StreamSlots, max: number, onLimited?: () => voi
     // A stream the client left may go on generating for the resume grace: it keeps its slot
     // until it ends (`res.locals.slotHeldUntil`), or leaving and coming back in a loop would
     // keep any number of upstream requests running for one client.
+    // The hold may be replaced while awaited: a new stream's is the request's handling until
+    // the stream has started, then its generation (routes/chat-stream.ts).
     const done = () => {
       const hold = res.locals.slotHeldUntil as Promise<unknown> | undefined;
-      if (hold) hold.then(release, release);
-      else release();
+      if (!hold) return release();
+      const settled = () => {
+        if (res.locals.slotHeldUntil === hold) release();
+        else done();
+      };
+      hold.then(settled, settled);
     };
     // Listening before the first slot is taken: with Redis that is a round trip, and a client
     // that leaves during it must neither keep the slot (its 'close' would have gone unheard)

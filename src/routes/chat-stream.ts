@@ -11,7 +11,13 @@ import { ResponseSink } from '../format/response-sink';
 import { StreamRecorder, type RecorderOptions } from '../journal/recorder';
 import type { JournalStore, StreamMeta } from '../journal/types';
 import type { Metrics } from '../metrics';
-import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
+import {
+  clientGone,
+  methodNotAllowed,
+  onResponseClose,
+  releaseNext,
+  type ErrorHandler,
+} from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService, StreamMeta as RunMeta } from '../service';
 import { buildUpstreamBody, type UpstreamBody } from '../upstream/request';
@@ -37,6 +43,8 @@ export function chatStreamRouter(
   journal: JournalStore,
   metrics?: Metrics,
   router: IRouter = Router(),
+  /** The app's error handler, for a started stream's failure (see releaseNext). */
+  onError?: ErrorHandler,
 ): IRouter {
   /**
    * One request, to its end (a new stream's end includes its resume grace). `headOnly` (HEAD):
@@ -117,10 +125,11 @@ export function chatStreamRouter(
       journal.remove(requestId);
       throw err;
     }
-    return startStream(res, requestId, parsed, body, request, clientChoseId);
+    startStream(req, res, requestId, parsed, body, request, clientChoseId);
   };
 
   function startStream(
+    req: Request,
     res: Response,
     requestId: string,
     parsed: ChatStreamRequest,
@@ -132,8 +141,11 @@ export function chatStreamRouter(
     s.graceMs = config.resumeGraceMs;
     s.recorder = new StreamRecorder(journal, requestId, s);
     s.recorder.attach(s.sink);
-    // Not awaited: an async function suspended for the stream's length keeps a generator.
-    return service.run(body, s.recorder, s, (stream) => s.started(stream), { json });
+    const run = service.run(body, s.recorder, s, (stream) => s.started(stream), { json });
+    // The client's stream slot is held until generation ends, the resume grace included, not
+    // until the handler's promise settles (as soon as the stream has started).
+    res.locals.slotHeldUntil = run;
+    releaseNext(req, res, run, onError);
   }
 
   /** SSE resume after `<requestId>:<seq>`. */
@@ -368,25 +380,29 @@ export function chatStreamRouter(
       : textFrames(parsed.includeReasoning);
   }
 
-  // The client's stream slot (middleware/rate-limit.ts) is held until the request is done with:
-  // for a new stream, until generation ends, the resume grace included, even if the client hung
-  // up while the journal claim was awaited.
+  // The client's stream slot (middleware/rate-limit.ts) is held until the request is done with.
+  // For a new stream, until generation ends, the resume grace included, even if the client hung
+  // up while the journal claim was awaited: startStream puts the generation in this promise's
+  // place when the stream starts, and the rate limiter waits on whichever is there.
   const held = (res: Response, work: Promise<void>) => {
-    res.locals.slotHeldUntil = work;
+    res.locals.slotHeldUntil ??= work;
     return work;
   };
   // HEAD: what a GET would answer, status included, without starting or following a stream
   // (Express would otherwise answer HEAD with the GET route, upstream included).
   router.head('/chat-stream', (req, res) => handle(req, res, true, true));
-  router.get('/chat-stream', (req, res) => held(res, handle(req, res, true)));
-  router.post('/chat-stream', (req, res) => {
+  // The handler's promise settles when a new stream has started (or a replay or resume ended).
+  router.get('/chat-stream', (req, res, next) => {
+    held(res, handle(req, res, true)).then(undefined, next);
+  });
+  router.post('/chat-stream', (req, res, next) => {
     if (!req.is('application/json') && !req.is('+json')) {
       throw new ProxyError('unsupported_media_type', 'POST /chat-stream takes application/json');
     }
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) {
       throw new ProxyError('invalid_request', 'the body must be a JSON object');
     }
-    return held(res, handle(req, res, false));
+    held(res, handle(req, res, false)).then(undefined, next);
   });
   router.all('/chat-stream', methodNotAllowed(['GET', 'HEAD', 'POST']));
   return router;

@@ -10,7 +10,13 @@ import { Heartbeat } from '../format/response-sink';
 import { type IRouter, Router, type Request, type Response } from 'express';
 import type { Config } from '../config';
 import { ProxyError, openAiErrorBody } from '../errors';
-import { clientGone, methodNotAllowed, onResponseClose } from '../middleware/errors';
+import {
+  clientGone,
+  methodNotAllowed,
+  onResponseClose,
+  releaseNext,
+  type ErrorHandler,
+} from '../middleware/errors';
 import type { ChatService, StreamMeta } from '../service';
 import type { StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
@@ -21,6 +27,8 @@ export function openAiRouter(
   config: Config,
   service: ChatService,
   router: IRouter = Router(),
+  /** The app's error handler, for a started stream's failure (see releaseNext). */
+  onError?: ErrorHandler,
 ): IRouter {
   router.get('/v1/models', (_req, res) => {
     res.json({
@@ -35,7 +43,7 @@ export function openAiRouter(
   });
   router.all('/v1/models', methodNotAllowed(['GET']));
 
-  router.post('/v1/chat/completions', async (req: Request, res: Response) => {
+  router.post('/v1/chat/completions', (req: Request, res: Response) => {
     if (!req.is('application/json') && !req.is('+json')) {
       throw new ProxyError(
         'unsupported_media_type',
@@ -55,9 +63,7 @@ export function openAiRouter(
       ? new OpenAiStreamSink(res, requestId, config.heartbeatMs)
       : new OpenAiAggregateSink(res, requestId);
     body.stream = true; // non-stream answers are assembled from the stream
-    // Returned, not awaited: an async function suspended for the stream's length keeps a
-    // generator and its registers.
-    return service.run(
+    const run = service.run(
       body,
       listener,
       new V1Meta(
@@ -73,6 +79,8 @@ export function openAiRouter(
         });
       },
     );
+    // Not returned to Express: a promise pending for the stream's length kept its `next`.
+    releaseNext(req, res, run, onError);
   });
   router.all('/v1/chat/completions', methodNotAllowed(['POST']));
   return router;

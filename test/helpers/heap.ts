@@ -6,6 +6,11 @@ import vm from 'node:vm';
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
+/** A full collection now (WeakRefs cleared by it read undefined from the next job on). */
+export function collectGarbage(): void {
+  gc();
+}
+
 /**
  * The heap (with `withExternal`, plus the memory of Buffers) after collections, once it stopped
  * moving: a jest worker may still be freeing what an

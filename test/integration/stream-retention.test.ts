@@ -1,0 +1,166 @@
+// What a running stream keeps of its request's routing, and what letting it go must not lose:
+// Express's `next` (its routers' closures and the request's final handler) is let go once a
+// stream has started; a failure after that still reaches the error handler, and the client's
+// stream slot is still held until generation ends.
+
+import http from 'node:http';
+import { collectGarbage } from '../helpers/heap';
+import { request, startStack, type Stack } from '../helpers/stack';
+
+type Run = Stack['app']['service']['run'];
+
+/** The response a service.run call belongs to: the route's meta or listener holds it. */
+function responseOf(listener: unknown, meta: unknown): http.ServerResponse {
+  const res =
+    (meta as { res?: http.ServerResponse }).res ?? (listener as { res?: http.ServerResponse }).res;
+  if (!res) throw new Error('no response found on the meta or the listener');
+  return res;
+}
+
+/** Open a stream and resolve at its first body bytes, with the response to read on. */
+function openStream(
+  url: string,
+  method: string,
+  body?: object,
+): Promise<{ res: http.IncomingMessage; req: http.ClientRequest }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, {
+      method,
+      agent: false,
+      headers: body ? { 'content-type': 'application/json' } : {},
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      res.once('data', () => {
+        res.pause();
+        resolve({ res, req });
+      });
+    });
+    req.end(body ? JSON.stringify(body) : undefined);
+  });
+}
+
+describe("an open stream and Express's next", () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(async () => {
+    await stack.close();
+  });
+
+  const prompt = (tag: string) => `retention ${tag} [[tokens=40 delay=50]]`;
+  it.each([
+    ['GET /chat-stream', 'GET', `/chat-stream?format=sse&thinking=false&prompt=`, undefined],
+    ['POST /chat-stream', 'POST', '/chat-stream', { thinking: false, format: 'sse' }],
+    [
+      'POST /v1/chat/completions',
+      'POST',
+      '/v1/chat/completions',
+      { model: 'deepseek-chat', stream: true },
+    ],
+  ] as const)('%s lets it go once the stream has started', async (_name, method, path, shape) => {
+    const service = stack.app.service;
+    const run = service.run.bind(service);
+    const nexts: Array<WeakRef<object>> = [];
+    const spy = jest.spyOn(service, 'run').mockImplementation((...args: Parameters<Run>) => {
+      const next = (responseOf(args[1], args[2]).req as { next?: object }).next;
+      if (next) nexts.push(new WeakRef(next));
+      return run(...args);
+    });
+    const tag = `${method}-${path.length}`;
+    let url = stack.url + path;
+    let body: object | undefined;
+    if (shape === undefined) url += encodeURIComponent(prompt(tag));
+    else if ('model' in shape)
+      body = { ...shape, messages: [{ role: 'user', content: prompt(tag) }] };
+    else body = { ...shape, prompt: prompt(tag) };
+    try {
+      const { res } = await openStream(url, method, body);
+      expect(res.statusCode).toBe(200);
+      expect(nexts).toHaveLength(1);
+      // A WeakRef keeps its target until the end of the job that made or read it.
+      await new Promise((r) => setTimeout(r, 20));
+      collectGarbage();
+      await new Promise((r) => setTimeout(r, 20));
+      collectGarbage();
+      expect(nexts[0]!.deref()).toBeUndefined();
+      // The stream is whole all the same.
+      res.resume();
+      const text = await new Promise<string>((resolve) => {
+        let all = '';
+        res.on('data', (c: Buffer) => (all += c.toString()));
+        res.on('end', () => resolve(all));
+      });
+      expect(res.complete).toBe(true);
+      expect(text).toContain(path.startsWith('/v1') ? 'data: [DONE]' : 'event: done');
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it.each([
+    ['/chat-stream', { prompt: 'late bug', thinking: false }],
+    [
+      '/v1/chat/completions',
+      { model: 'deepseek-chat', stream: true, messages: [{ role: 'user', content: 'late bug' }] },
+    ],
+  ])('a failure of %s once started still reaches the error handler', async (path, body) => {
+    const spy = jest
+      .spyOn(stack.app.service, 'run')
+      .mockImplementation(() => Promise.reject(new Error('a bug, on purpose')));
+    try {
+      const res = await request(stack.url + path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(500);
+      const err = JSON.parse(res.body).error;
+      expect(err.code).toBe('internal_error');
+      expect(stack.logs.some((l) => l.includes('a bug, on purpose'))).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+});
+
+describe('a stream whose client left while its journal entry was claimed', () => {
+  it('keeps its stream slot until generation ends, not until its handler settled', async () => {
+    const stack = await startStack({ maxStreamsPerClient: 1, resumeGraceMs: 1500 });
+    try {
+      const journal = stack.app.journal;
+      const create = journal.create.bind(journal);
+      // The claim takes 300 ms (a Redis round trip, slowed): the client leaves during it.
+      const spy = jest.spyOn(journal, 'create').mockImplementation(async (...args) => {
+        await new Promise((r) => setTimeout(r, 300));
+        return create(...args);
+      });
+      const req = http.request(
+        stack.url +
+          '/chat-stream?thinking=false&prompt=' +
+          encodeURIComponent('slot kept [[tokens=400 delay=20]]'),
+        { agent: false, headers: { 'x-request-id': 'slot-kept-1' } },
+      );
+      req.on('error', () => undefined);
+      req.end();
+      await new Promise((r) => setTimeout(r, 100));
+      req.destroy();
+      await new Promise((r) => setTimeout(r, 400)); // the claim is done, the stream started
+      spy.mockRestore();
+      // Its id was the client's own: it may come back within the grace, so generation goes on,
+      // and the one slot this client has stays taken.
+      expect(
+        stack.sim.requests.some((r) => String(r.body.messages?.[0]?.content).includes('slot kept')),
+      ).toBe(true);
+      const second = await request(stack.url + '/chat-stream?thinking=false&prompt=second');
+      expect(second.status).toBe(429);
+      // The grace over with nobody back, generation stops and the slot comes free.
+      await new Promise((r) => setTimeout(r, 1800));
+      const third = await request(stack.url + '/chat-stream?thinking=false&prompt=third');
+      expect(third.status).toBe(200);
+    } finally {
+      await stack.close();
+    }
+  });
+});
