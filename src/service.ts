@@ -23,6 +23,11 @@ export interface StreamMeta {
   handoff?: () => boolean;
   /** Called (as a method) once the stream has ended normally, after its log line. */
   ended?: () => void;
+  /**
+   * Called (as a method) when the stream failed by a bug (see run), in place of the rejection:
+   * with it, run()'s promise never rejects.
+   */
+  failed?: (err: unknown) => void;
 }
 
 export function engineSettings(c: Config): EngineSettings {
@@ -115,7 +120,10 @@ export class ChatService {
       stream.stats.outcome = 'failed';
       stream.stats.errorCode = 'internal_error';
       this.ended(stream, meta);
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      const e = err instanceof Error ? err : new Error(String(err));
+      if (!meta.failed) return Promise.reject(e);
+      meta.failed(e);
+      return Promise.resolve();
     }
     // Forgotten however run() settles: a listener that throws from fail() makes it reject.
     return running.then(
@@ -125,7 +133,8 @@ export class ChatService {
       },
       (err: unknown) => {
         this.ended(stream, meta);
-        throw err;
+        if (!meta.failed) throw err;
+        meta.failed(err);
       },
     );
   }

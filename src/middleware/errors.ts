@@ -57,23 +57,22 @@ export type ErrorHandler = (err: unknown, req: Request, res: Response, next: Nex
 function noNext(): void {}
 
 /**
- * A route that started a stream lets Express's `next` go, and takes the stream's failure (a bug:
- * service.run rejects on nothing else) to the error handler itself. Express kept `next` (its
- * routers' closures and the request's final handler, about 1 KiB) for as long as a handler's
- * promise was pending and the request pointed at it (`req.next`): a stream's whole life. Nothing
- * calls it once the stream has started.
+ * A route that started a stream lets Express's `next` go. Express kept it (its routers' closures
+ * and the request's final handler, about 1 KiB) for as long as a handler's promise was pending
+ * and the request pointed at it (`req.next`): a stream's whole life. Nothing calls it once the
+ * stream has started; the stream's failure (a bug) goes to failStarted() instead.
  */
-export function releaseNext(
-  req: Request,
-  res: Response,
-  run: Promise<unknown>,
-  onError: ErrorHandler | undefined,
-): void {
-  run.then(undefined, (err: unknown) => {
-    if (onError) onError(err, req, res, noNext);
-    else res.destroy();
-  });
+export function releaseNext(req: Request): void {
   req.next = undefined;
+}
+
+/**
+ * A started stream's failure (a bug: ChatService.run fails on nothing else) to the app's error
+ * handler, which Express no longer reaches for it (releaseNext). Without one, the response is cut.
+ */
+export function failStarted(res: Response, err: unknown, onError: ErrorHandler | undefined): void {
+  if (onError) onError(err, res.req, res, noNext);
+  else res.destroy();
 }
 
 export function errorHandler(log: Logger): ErrorHandler {

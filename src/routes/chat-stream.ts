@@ -15,6 +15,7 @@ import {
   clientGone,
   methodNotAllowed,
   onResponseClose,
+  failStarted,
   releaseNext,
   type ErrorHandler,
 } from '../middleware/errors';
@@ -138,6 +139,7 @@ export function chatStreamRouter(
     clientChoseId: boolean,
   ) {
     const s = new NewStream(res, requestId, parsed, sinkFor(res, parsed, requestId), clientChoseId);
+    s.onError = onError;
     s.graceMs = config.resumeGraceMs;
     s.recorder = new StreamRecorder(journal, requestId, s);
     s.recorder.attach(s.sink);
@@ -145,7 +147,7 @@ export function chatStreamRouter(
     // The client's stream slot is held until generation ends, the resume grace included, not
     // until the handler's promise settles (as soon as the stream has started).
     res.locals.slotHeldUntil = run;
-    releaseNext(req, res, run, onError);
+    releaseNext(req);
   }
 
   /** SSE resume after `<requestId>:<seq>`. */
@@ -419,6 +421,8 @@ class NewStream implements RecorderOptions, RunMeta {
   readonly model: string;
   graceMs = 0;
   recorder!: StreamRecorder;
+  /** The app's error handler, for failed(). */
+  onError: ErrorHandler | undefined = undefined;
   private stream: ChatStream | undefined = undefined;
 
   constructor(
@@ -464,6 +468,11 @@ class NewStream implements RecorderOptions, RunMeta {
   /** The service's: generation ended (the resume grace included). */
   ended(): void {
     this.recorder.abandoned();
+  }
+
+  /** The service's: the stream failed by a bug. */
+  failed(err: unknown): void {
+    failStarted(this.res, err, this.onError);
   }
 
   /** The engine's stream exists: the response's drain and close reach it. */

@@ -14,6 +14,7 @@ import {
   clientGone,
   methodNotAllowed,
   onResponseClose,
+  failStarted,
   releaseNext,
   type ErrorHandler,
 } from '../middleware/errors';
@@ -63,7 +64,7 @@ export function openAiRouter(
       ? new OpenAiStreamSink(res, requestId, config.heartbeatMs)
       : new OpenAiAggregateSink(res, requestId);
     body.stream = true; // non-stream answers are assembled from the stream
-    const run = service.run(
+    void service.run(
       body,
       listener,
       new V1Meta(
@@ -71,6 +72,8 @@ export function openAiRouter(
         stream ? 'openai-sse' : 'openai-json',
         String(req.body.model ?? config.defaultModel),
         listener,
+        res,
+        onError,
       ),
       (s) => {
         res.on('drain', () => s.resume());
@@ -79,8 +82,9 @@ export function openAiRouter(
         });
       },
     );
-    // Not returned to Express: a promise pending for the stream's length kept its `next`.
-    releaseNext(req, res, run, onError);
+    // Not returned to Express: a promise pending for the stream's length kept its `next`. It
+    // never rejects: a failure goes to V1Meta.failed.
+    releaseNext(req);
   });
   router.all('/v1/chat/completions', methodNotAllowed(['POST']));
   return router;
@@ -94,7 +98,13 @@ class V1Meta implements StreamMeta {
     readonly format: string,
     readonly model: string,
     private readonly listener: { bytesOut: number; status: number },
+    private readonly res: Response,
+    private readonly onError: ErrorHandler | undefined,
   ) {}
+
+  failed(err: unknown): void {
+    failStarted(this.res, err, this.onError);
+  }
 
   bytesOut(): number {
     return this.listener.bytesOut;

@@ -106,9 +106,20 @@ describe("an open stream and Express's next", () => {
       { model: 'deepseek-chat', stream: true, messages: [{ role: 'user', content: 'late bug' }] },
     ],
   ])('a failure of %s once started still reaches the error handler', async (path, body) => {
-    const spy = jest
-      .spyOn(stack.app.service, 'run')
-      .mockImplementation(() => Promise.reject(new Error('a bug, on purpose')));
+    // A bug where the service runs the route's code (its bind callback throws).
+    const service = stack.app.service;
+    const run = service.run.bind(service);
+    const spy = jest.spyOn(service, 'run').mockImplementation((body, listener, meta, _bind, opts) =>
+      run(
+        body,
+        listener,
+        meta,
+        () => {
+          throw new Error('a bug, on purpose');
+        },
+        opts,
+      ),
+    );
     try {
       const res = await request(stack.url + path, {
         method: 'POST',
