@@ -5,8 +5,6 @@
 
 import {
   EVENT_OVERHEAD_BYTES,
-  KIND_LETTER,
-  LETTER_KIND,
   type JournalEvent,
   type JournalLimits,
   type JournalStore,
@@ -15,20 +13,35 @@ import {
   type Subscription,
 } from './types';
 
-// A stream's events are kept as parallel arrays (text, kind) rather than an object per event:
-// a token then costs its string plus two array slots (about 40 B with a short token, measured),
-// not a 48 B object on top. Sequence numbers are contiguous, so seq = firstSeq + index.
+// A stream's events are kept compactly: each one a number (its text's length and its kind) and
+// its text, joined with its neighbours' BLOCK at a time. A token then costs about its characters
+// and 4 B once its block is joined, where a string of its own and two array slots cost 40-50 B
+// (measured): for a long answer, most of what a stream holds. Sequence numbers are contiguous, so
+// seq = firstSeq + index.
 interface Entry {
   meta: StreamMeta;
-  /** seq of data[0]; 0 until the first append. */
+  /** seq of the first event; 0 until the first append. */
   firstSeq: number;
-  data: string[];
-  /** KIND_LETTER of each event. */
-  kinds: string[];
+  /** Per event: its text's length x 4 + its kind's code (KIND_CODE). */
+  packed: number[];
+  /** The texts of events [i x BLOCK, (i + 1) x BLOCK), joined. */
+  blocks: string[];
+  /** The texts of the events after the last full block. */
+  open: string[];
   bytes: number;
   expiresAt: number;
   subscribers: Set<Sub>;
 }
+
+/** Events per joined block: joined on the append that fills one. */
+const BLOCK = 32;
+const KIND_CODE: Readonly<Record<JournalEvent['kind'], number>> = {
+  content: 0,
+  reasoning: 1,
+  done: 2,
+  error: 3,
+};
+const CODE_KIND: ReadonlyArray<JournalEvent['kind']> = ['content', 'reasoning', 'done', 'error'];
 
 interface Sub {
   afterSeq: number;
@@ -77,8 +90,9 @@ export class MemoryJournalStore implements JournalStore {
     this.streams.set(id, {
       meta: { id, fingerprint, state: 'live', lastSeq: 0, overflow: false },
       firstSeq: 0,
-      data: [],
-      kinds: [],
+      packed: [],
+      blocks: [],
+      open: [],
       bytes: 0,
       expiresAt: Date.now() + this.limits.ttlMs,
       subscribers: new Set(),
@@ -107,16 +121,20 @@ export class MemoryJournalStore implements JournalStore {
     }
     const first = events[0];
     if (first === undefined) return true;
-    if (e.data.length === 0) e.firstSeq = first.seq;
-    if (first.seq !== e.firstSeq + e.data.length) {
+    if (e.packed.length === 0) e.firstSeq = first.seq;
+    if (first.seq !== e.firstSeq + e.packed.length) {
       // A gap would make a resume skip or repeat: refuse, as for a stream over budget.
       this.overflow(e);
       return false;
     }
     // A batch is numbered consecutively (the recorder numbers every event it appends).
     for (const ev of events) {
-      e.data.push(ev.data);
-      e.kinds.push(KIND_LETTER[ev.kind]);
+      e.packed.push(ev.data.length * 4 + KIND_CODE[ev.kind]);
+      e.open.push(ev.data);
+      if (e.open.length === BLOCK) {
+        e.blocks.push(e.open.join(''));
+        e.open.length = 0;
+      }
     }
     e.bytes += bytes;
     this.totalBytes += bytes;
@@ -289,8 +307,21 @@ export class MemoryJournalStore implements JournalStore {
 /** Stored events after `afterSeq`, as objects again (replay: off the per-token path). */
 function eventsAfter(e: Entry, afterSeq: number): JournalEvent[] {
   const out: JournalEvent[] = [];
-  for (let i = Math.max(0, afterSeq - e.firstSeq + 1); i < e.data.length; i++) {
-    out.push({ seq: e.firstSeq + i, kind: LETTER_KIND[e.kinds[i]!]!, data: e.data[i]! });
+  const n = e.packed.length;
+  const from = Math.max(0, afterSeq - e.firstSeq + 1);
+  // Whole blocks before `from` are skipped; within its block, offsets add up from the start.
+  for (let b = Math.floor(from / BLOCK); b * BLOCK < n; b++) {
+    const joined = b < e.blocks.length ? e.blocks[b] : undefined;
+    let at = 0;
+    for (let i = b * BLOCK; i < Math.min(n, (b + 1) * BLOCK); i++) {
+      const p = e.packed[i]!;
+      const length = p >>> 2;
+      if (i >= from) {
+        const data = joined === undefined ? e.open[i - b * BLOCK]! : joined.slice(at, at + length);
+        out.push({ seq: e.firstSeq + i, kind: CODE_KIND[p & 3]!, data });
+      }
+      at += length;
+    }
   }
   return out;
 }

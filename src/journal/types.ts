@@ -9,7 +9,7 @@ export interface JournalEvent {
   data: string;
 }
 
-/** One letter per kind: how both stores keep an event's kind (an array slot, a Redis field). */
+/** One letter per kind: how the Redis store keeps an event's kind (a stream entry's field). */
 export const KIND_LETTER: Readonly<Record<JournalEvent['kind'], string>> = {
   content: 'c',
   reasoning: 'r',

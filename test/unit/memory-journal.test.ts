@@ -72,3 +72,56 @@ describe('MemoryJournalStore with live streams', () => {
     expect(await store.meta('D')).toBeUndefined();
   });
 });
+
+describe('MemoryJournalStore keeps texts joined in blocks', () => {
+  let store: MemoryJournalStore;
+  afterEach(() => store?.shutdown());
+
+  const texts = ['a', '', '世界', '😀 ok', ' token,', '{"usage":null}', 'x'.repeat(5000), 'é'];
+  const kinds = ['content', 'reasoning', 'content', 'content', 'done', 'error'] as const;
+
+  it('reads back every event, from every position, across batches of any size', async () => {
+    store = new MemoryJournalStore({ ttlMs: 60_000, maxBytesPerStream: 1e9, maxBytesTotal: 1e9 });
+    await store.create('S', 'f');
+    const all: JournalEvent[] = [];
+    // Batches of 1, 3, 7, 32, 33, ...: blocks fill in the middle of batches and at their ends.
+    const sizes = [1, 3, 7, 32, 33, 1, 64, 2, 29, 31];
+    let seq = 1;
+    for (const size of sizes) {
+      const batch: JournalEvent[] = [];
+      for (let i = 0; i < size; i++, seq++) {
+        batch.push({ seq, kind: kinds[seq % kinds.length]!, data: texts[seq % texts.length]! });
+      }
+      all.push(...batch);
+      expect(store.append('S', batch, bytesOf(batch))).toBe(true);
+    }
+    for (let after = 0; after <= all.length + 1; after++) {
+      expect(await store.read('S', after)).toEqual(all.filter((e) => e.seq > after));
+    }
+    // A follower from the middle of a joined block gets the rest, then what comes next.
+    const got: JournalEvent[] = [];
+    const sub = store.subscribe('S', 45, { event: (e) => got.push(e), end: () => undefined });
+    const more = events(all.length + 1, 2, 'next');
+    store.append('S', more, bytesOf(more));
+    sub.close();
+    expect(got).toEqual([...all.filter((e) => e.seq > 45), ...more]);
+  });
+
+  it('holds a long answer in a few bytes per token, not a string and slots each', async () => {
+    const { heapAfterGc } = await import('../helpers/heap');
+    store = new MemoryJournalStore({ ttlMs: 60_000, maxBytesPerStream: 1e9, maxBytesTotal: 1e9 });
+    await store.create('L', 'f');
+    const N = 50_000;
+    const before = await heapAfterGc();
+    for (let seq = 1; seq <= N; seq++) {
+      // A fresh string per token, as the decoder makes them.
+      const ev = { seq, kind: 'content' as const, data: ` tok${seq % 1000}`.slice(0) };
+      store.append('L', [ev], ev.data.length + 16);
+    }
+    const perToken = ((await heapAfterGc()) - before) / N;
+    // Its characters (7 here) and a number: about 12 B; a string of its own and two array
+    // slots were 40-50 B.
+    expect(perToken).toBeLessThan(24);
+    expect((await store.read('L', N - 1))[0]).toEqual({ seq: N, kind: 'content', data: ' tok0' });
+  });
+});
