@@ -122,21 +122,49 @@ export class ChatService {
       this.ended(stream, meta);
       const e = err instanceof Error ? err : new Error(String(err));
       if (!meta.failed) return Promise.reject(e);
-      meta.failed(e);
+      this.failed(meta, e);
       return Promise.resolve();
     }
-    // Forgotten however run() settles: a listener that throws from fail() makes it reject.
+    // Forgotten however run() settles: a listener that throws from fail() makes it reject. What
+    // runs after it (the log line, the meta's end hook) may throw too: the same bug path.
     return running.then(
       () => {
-        this.ended(stream, meta);
-        meta.ended?.();
+        try {
+          this.ended(stream, meta);
+          meta.ended?.();
+        } catch (err) {
+          this.failed(meta, err);
+        }
       },
       (err: unknown) => {
-        this.ended(stream, meta);
-        if (!meta.failed) throw err;
-        meta.failed(err);
+        try {
+          this.ended(stream, meta);
+        } catch {
+          // the first error is the one reported
+        }
+        this.failed(meta, err);
       },
     );
+  }
+
+  /**
+   * A bug in a stream, or in what ends it: to the meta's failed() when it has one, else the
+   * promise run() returned rejects. What failed() itself throws is logged, never thrown: nothing
+   * would be left to catch it.
+   */
+  private failed(meta: StreamMeta, err: unknown): void {
+    if (!meta.failed) throw err;
+    try {
+      meta.failed(err);
+    } catch (e) {
+      this.log.error(
+        {
+          requestId: meta.requestId,
+          err: e instanceof Error ? { message: e.message, stack: e.stack } : { message: String(e) },
+        },
+        'unhandled error',
+      );
+    }
   }
 
   private ended(stream: ChatStream, meta: StreamMeta): void {

@@ -43,7 +43,16 @@ export function createSseDecoder(
   handlers: SseDecoderHandlers,
   maxEventChars = 1 << 20,
 ): SseDecoder {
-  const d = new Decoder(handlers, maxEventChars);
+  // The handlers as they are now: a caller that changes its object later changes nothing here.
+  const d = new Decoder(
+    {
+      onEvent: handlers.onEvent,
+      onComment: handlers.onComment,
+      onOverflow: handlers.onOverflow,
+      onDataBytes: handlers.onDataBytes,
+    },
+    maxEventChars,
+  );
   // The API's methods work detached too (`stream.on('data', decoder.feed)`), as the closures
   // the class replaced did.
   d.feed = d.feed.bind(d);

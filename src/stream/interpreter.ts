@@ -160,7 +160,6 @@ export class ByteFinder {
 
 const BRACE = new ByteFinder(123 /* { */);
 const NOT_FINISHED_FINDER = new ByteFinder(NOT_FINISHED_BYTES);
-const TOKEN: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
 
 /**
  * Per stream: the searches of interpretBytes, remembered within one buffer (clear() before a
@@ -176,12 +175,16 @@ const TOKEN: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
  * token, no parse.
  */
 export class ByteScan {
-  // The searches and the token's bytes are the current buffer's only (clear() after each feed),
-  // so every stream shares one of each: two finders and an object less per open stream.
+  // The searches remember positions in the current buffer only (clear() after each feed), keyed
+  // by the buffer's identity: every stream shares them, a re-entrant search only searches again.
   readonly brace = BRACE;
   readonly notFinished = NOT_FINISHED_FINDER;
-  /** The last token's bytes, handed to the sink with it (valid during that call only). */
-  readonly token = TOKEN;
+  /**
+   * The last token's bytes, handed to the sink with it (valid during that call only). Per
+   * stream: a sink that made another stream interpret bytes before reading it would read that
+   * stream's token.
+   */
+  readonly token: TokenSource = { buf: EMPTY, start: 0, end: 0, escaped: false };
   /**
    * The checked envelope, as bytes (interpretBytes): the tail, the blank line and `data: ` that
    * end one event and begin the next, and the head. Consecutive token events of one read are

@@ -136,6 +136,57 @@ describe("an open stream and Express's next", () => {
   });
 });
 
+describe('a bug in what ends a stream (its log line)', () => {
+  let stack: Stack;
+  const unhandled: unknown[] = [];
+  const onUnhandled = (err: unknown) => unhandled.push(err);
+  beforeAll(async () => {
+    stack = await startStack();
+    process.on('unhandledRejection', onUnhandled);
+  });
+  afterAll(async () => {
+    process.off('unhandledRejection', onUnhandled);
+    await stack.close();
+  });
+
+  it.each([
+    ['/chat-stream', { prompt: 'bookkeeping', thinking: false }],
+    [
+      '/v1/chat/completions',
+      {
+        model: 'deepseek-chat',
+        stream: true,
+        messages: [{ role: 'user', content: 'bookkeeping' }],
+      },
+    ],
+  ])('after %s reaches the error handler, not the process', async (path, body) => {
+    unhandled.length = 0;
+    const logsBefore = stack.logs.length;
+    const spy = jest.spyOn(stack.app.metrics, 'streamFinished').mockImplementationOnce(() => {
+      throw new Error('a bookkeeping bug, on purpose');
+    });
+    try {
+      const res = await request(stack.url + path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      // The answer was whole before its log line was written.
+      expect(res.status).toBe(200);
+      expect(res.complete).toBe(true);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(unhandled).toEqual([]);
+      const logged = stack.logs
+        .slice(logsBefore)
+        .filter((l) => l.includes('a bookkeeping bug, on purpose'));
+      expect(logged).toHaveLength(1);
+      expect(JSON.parse(logged[0]!).msg).toBe('unhandled error');
+    } finally {
+      spy.mockRestore();
+    }
+  });
+});
+
 describe('a stream whose client left while its journal entry was claimed', () => {
   it('keeps its stream slot until generation ends, not until its handler settled', async () => {
     const stack = await startStack({ maxStreamsPerClient: 1, resumeGraceMs: 1500 });

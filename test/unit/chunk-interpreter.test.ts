@@ -234,6 +234,24 @@ describe('interpretBytes: the same deltas as interpret, read from the bytes', ()
     }
   });
 
+  it("a token's bytes stay its own while its sink makes another stream interpret", () => {
+    // Stream A's sink, before it reads the token's bytes, interprets a chunk of stream B (the
+    // same event-loop turn; the searches are shared by all streams, the token record is not).
+    const a = Buffer.from(token('aaa'));
+    const b = Buffer.from(token('bbb'));
+    const scanA = new ByteScan();
+    const scanB = new ByteScan();
+    let seen = '';
+    interpretBytes(a, 0, a.length, scanA, {
+      ...recorder([]),
+      content: (_t, src) => {
+        interpretBytes(b, 0, b.length, scanB, recorder([]));
+        seen = src!.buf.toString('utf8', src!.start, src!.end);
+      },
+    });
+    expect(seen).toBe('aaa');
+  });
+
   it("keeps a stream's envelope in a buffer of its own, not a slice of Node's shared pool", () => {
     const scan = new ByteScan();
     const buf = Buffer.from(`data: ${token('a')}\n\ndata: ${token('b')}\n\n`);
