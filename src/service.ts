@@ -129,18 +129,31 @@ export class ChatService {
     // runs after it (the log line, the meta's end hook) may throw too: the same bug path.
     return running.then(
       () => {
+        // The meta's end hook runs even if the bookkeeping threw: it ends the journal entry.
+        let threw = false;
+        let bug: unknown;
         try {
           this.ended(stream, meta);
+        } catch (err) {
+          threw = true;
+          bug = err;
+        }
+        try {
           meta.ended?.();
         } catch (err) {
-          this.failed(meta, err);
+          if (threw) this.reportBug(meta.requestId, err);
+          else {
+            threw = true;
+            bug = err;
+          }
         }
+        if (threw) this.failed(meta, bug);
       },
       (err: unknown) => {
         try {
           this.ended(stream, meta);
-        } catch {
-          // the first error is the one reported
+        } catch (second) {
+          this.reportBug(meta.requestId, second); // the first error is the one reported
         }
         this.failed(meta, err);
       },
@@ -157,25 +170,39 @@ export class ChatService {
     try {
       meta.failed(err);
     } catch (e) {
-      this.log.error(
-        {
-          requestId: meta.requestId,
-          err: e instanceof Error ? { message: e.message, stack: e.stack } : { message: String(e) },
-        },
-        'unhandled error',
-      );
+      this.reportBug(meta.requestId, err);
+      this.reportBug(meta.requestId, e);
     }
   }
 
+  /** A bug with nowhere left to go: one line at error level. */
+  reportBug(requestId: string, err: unknown): void {
+    this.log.error(
+      {
+        requestId,
+        err:
+          err instanceof Error
+            ? { message: err.message, stack: err.stack }
+            : { message: String(err) },
+      },
+      'unhandled error',
+    );
+  }
+
+  /** Forget the stream and write its log line; a drain waiting for the last one goes on. */
   private ended(stream: ChatStream, meta: StreamMeta): void {
     this.active.delete(stream);
     this.handoffs.delete(stream);
-    this.metrics?.activeStreams.dec();
-    this.logFinished(stream, meta);
-    if (this.active.size === 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
+    try {
+      this.metrics?.activeStreams.dec();
+      this.logFinished(stream, meta);
+    } finally {
+      // Even when the bookkeeping above threw (a bug): a drain would wait its whole grace.
+      if (this.active.size === 0) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
     }
   }
 
@@ -205,7 +232,6 @@ export class ChatService {
   private logFinished(s: ChatStream, meta: StreamMeta): void {
     const st = s.stats;
     const durationMs = Date.now() - st.startedAt;
-    this.metrics?.streamFinished(meta.route, st, durationMs);
     // A bug inside the stream: the same one line, at error level, with what it was.
     const cause = st.cause;
     const level = cause === undefined ? 'info' : 'error';
@@ -239,5 +265,7 @@ export class ChatService {
       },
       'stream finished',
     );
+    // After the log line: a bug in the metrics must not lose it.
+    this.metrics?.streamFinished(meta.route, st, durationMs);
   }
 }

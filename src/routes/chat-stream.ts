@@ -344,27 +344,31 @@ export function chatStreamRouter(
       abort: () => stream?.abort(),
     });
     metrics?.resumes.inc({ kind: 'takeover' });
-    void service
-      .run(
-        body,
-        recorder,
-        {
-          requestId: meta.id,
-          route: '/chat-stream',
-          format: 'takeover',
-          model: body.model,
-          handoff: () => {
-            if (!recorder.handoff()) return false;
-            stream?.abort('handed_off');
-            return true;
-          },
+    void service.run(
+      body,
+      recorder,
+      {
+        requestId: meta.id,
+        route: '/chat-stream',
+        format: 'takeover',
+        model: body.model,
+        handoff: () => {
+          if (!recorder.handoff()) return false;
+          stream?.abort('handed_off');
+          return true;
         },
-        (s) => {
-          stream = s;
+        ended: () => recorder.abandoned(),
+        // Nobody to answer: the journal entry ends and the bug is logged (no rejection).
+        failed: (err: unknown) => {
+          recorder.abandoned();
+          service.reportBug(meta.id, err);
         },
-        { prefix, prefixTokens, prefixAnswerTokens },
-      )
-      .then(() => recorder.abandoned());
+      },
+      (s) => {
+        stream = s;
+      },
+      { prefix, prefixTokens, prefixAnswerTokens },
+    );
     // Nobody is attached directly: resumed clients follow the journal, and count as followers.
     if (config.resumeGraceMs > 0) recorder.detach();
   }

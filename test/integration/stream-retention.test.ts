@@ -187,6 +187,50 @@ describe('a bug in what ends a stream (its log line)', () => {
   });
 });
 
+describe('a bug in the metrics when a stream ends', () => {
+  it('keeps its log line, ends its journal entry, and lets a drain finish', async () => {
+    const stack = await startStack();
+    try {
+      const spy = jest.spyOn(stack.app.metrics, 'streamFinished').mockImplementation(() => {
+        throw new Error('a metrics bug, on purpose');
+      });
+      // A client that leaves mid-stream: the journal entry is ended by the route's end hook
+      // (nobody can finish it otherwise), after the service's bookkeeping.
+      const res = await request(
+        stack.url +
+          '/chat-stream?format=sse&thinking=false&prompt=' +
+          encodeURIComponent('gone [[tokens=200 delay=10]]'),
+        {
+          headers: { 'x-request-id': 'metrics-bug-1' },
+          onChunk: (_c, soFar) => (soFar.includes('"content"') ? 'abort' : undefined),
+        },
+      );
+      expect(res.complete).toBe(false);
+      // A drain while another stream runs: it must end when that stream does, not at its grace.
+      const running = request(
+        stack.url +
+          '/chat-stream?thinking=false&prompt=' +
+          encodeURIComponent('last [[tokens=20 delay=10]]'),
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      const t0 = Date.now();
+      await stack.app.service.drain(5000);
+      const drainMs = Date.now() - t0;
+      expect((await running).complete).toBe(true);
+      spy.mockRestore();
+      expect(drainMs).toBeLessThan(3000);
+      expect((await stack.app.journal.meta('metrics-bug-1'))?.state).toBe('failed');
+      const lines = stack.logs.map((l) => JSON.parse(l) as { msg: string; requestId?: string });
+      expect(
+        lines.some((l) => l.msg === 'stream finished' && l.requestId === 'metrics-bug-1'),
+      ).toBe(true);
+      expect(lines.filter((l) => l.msg === 'unhandled error').length).toBeGreaterThanOrEqual(2);
+    } finally {
+      await stack.close();
+    }
+  });
+});
+
 describe('a stream whose client left while its journal entry was claimed', () => {
   it('keeps its stream slot until generation ends, not until its handler settled', async () => {
     const stack = await startStack({ maxStreamsPerClient: 1, resumeGraceMs: 1500 });
