@@ -181,7 +181,7 @@ function results(info: RunInfo): string {
     [
       'TTFT p99 (many slow streams)',
       '<= 1.2x',
-      (t: string) => ratio('slow', t, (d) => d.ttftP99, 1.2),
+      (t: string) => ratio('slow', t, (d) => d.ttftP99, 1.2, 'ttft99'),
     ],
     [
       'total time p99 (many slow streams)',
@@ -191,7 +191,7 @@ function results(info: RunInfo): string {
     [
       'live memory per open stream (many slow streams)',
       '<= 1.2x',
-      (t: string) => ratio('slow', t, (d) => d.memPerStream, 1.2),
+      (t: string) => ratio('slow', t, (d) => d.memPerStream, 1.2, 'mem'),
     ],
     ['framing: tokens lost, U+FFFD', '0, 0', framingOk],
   ];

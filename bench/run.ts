@@ -298,6 +298,7 @@ async function measureOnce(
     cpuUs: delta(server),
     tokens: m.tokens - tokensBefore,
     ttftP50: percentile(m.ttftMs.slice(ttftBefore), 50),
+    ttftCount: m.ttftMs.length - ttftBefore,
   });
   m.rounds++;
   m.wallMs += result.wallMs;

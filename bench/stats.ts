@@ -54,7 +54,7 @@ export interface Measurement {
    * time (µs), the tokens delivered and the TTFT p50 (ms). Round i of a proxy target and round i
    * of the baseline ran next to each other, so their ratios show the run-to-run spread.
    */
-  perRound?: Array<{ cpuUs: number; tokens: number; ttftP50: number }>;
+  perRound?: Array<{ cpuUs: number; tokens: number; ttftP50: number; ttftCount?: number }>;
   /**
    * Per round (absent before 2026-11-29 15:00): the longest event-loop stall (ms) of the serving
    * child and of the load generator during the measured run. A stall delays every stream at once:
@@ -191,20 +191,54 @@ export function derive(m: Measurement): Derived {
   };
 }
 
-export type RoundFigure = 'cpu' | 'ttft';
+export type RoundFigure = 'cpu' | 'ttft' | 'ttft99' | 'mem';
 
 /**
- * The ratio of `m` to `base` round by round (CPU per token or TTFT p50), or [] when either lacks
- * per-round figures or they ran a different number of rounds. The pooled ratio hides how far
- * runs of the same code move; these show it.
+ * The ratio of `m` to `base` round by round (CPU per token, TTFT p50 or p99, live memory per
+ * open stream), or [] when either lacks per-round figures or they ran a different number of
+ * rounds. The pooled ratio hides how far runs of the same code move; these show it.
  */
 export function roundRatios(m: Measurement, base: Measurement, what: RoundFigure): number[] {
+  if (what === 'ttft99') return paired(roundP99s(m), roundP99s(base));
+  if (what === 'mem') return paired(roundMem(m), roundMem(base));
   const a = m.perRound;
   const b = base.perRound;
   if (!a || !b || a.length !== b.length || a.length < 2) return [];
   const value = (r: { cpuUs: number; tokens: number; ttftP50: number }) =>
     what === 'cpu' ? r.cpuUs / Math.max(1, r.tokens) : r.ttftP50;
   return a.map((r, i) => value(r) / value(b[i]!));
+}
+
+function paired(a: number[], b: number[]): number[] {
+  if (a.length < 2 || a.length !== b.length) return [];
+  return a.map((x, i) => x / b[i]!);
+}
+
+/**
+ * Each round's TTFT p99. A round's first tokens are a contiguous share of `ttftMs`, `ttftCount`
+ * long. Runs recorded before ttftCount: an equal share, if every stream had a first token (the
+ * rounds run the same streams).
+ */
+function roundP99s(m: Measurement): number[] {
+  const rounds = m.perRound ?? [];
+  if (rounds.length < 2) return [];
+  let counts = rounds.map((r) => r.ttftCount);
+  if (counts.some((c) => c === undefined)) {
+    if (m.ttftMs.length !== m.streams || m.streams % rounds.length !== 0) return [];
+    counts = rounds.map(() => m.ttftMs.length / rounds.length);
+  }
+  const out: number[] = [];
+  let at = 0;
+  for (const c of counts as number[]) {
+    out.push(percentile(m.ttftMs.slice(at, at + c), 99));
+    at += c;
+  }
+  return at === m.ttftMs.length ? out : [];
+}
+
+/** Each round's live memory per open stream (one memory probe per round). */
+function roundMem(m: Measurement): number[] {
+  return m.probe.map((p) => (p.rss - p.idleRss) / Math.max(1, p.open));
 }
 
 /**

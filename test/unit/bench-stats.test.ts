@@ -35,6 +35,42 @@ describe('bench per-round ratios', () => {
     expect(roundRatios(proxy, base, 'ttft')).toEqual([1.5, 0.5]);
   });
 
+  it("uses each round's TTFT p99 (its share of the first tokens) and live memory", () => {
+    const slow = (ttfts: number[][], mem: number[]): Measurement => {
+      const m = emptyMeasurement('slow', 'v', 'v', 't');
+      m.perRound = ttfts.map((t) => ({ cpuUs: 1, tokens: 1, ttftP50: 1, ttftCount: t.length }));
+      m.ttftMs = ttfts.flat();
+      m.probe = mem.map((kib) => ({
+        open: 100,
+        idleRss: 1000,
+        rss: 1000 + kib * 100,
+        idleHeap: 0,
+        heap: 0,
+      }));
+      return m;
+    };
+    const ramp = (n: number, top: number) =>
+      Array.from({ length: n }, (_, i) => (top * (i + 1)) / n);
+    // Round 1 of the target has a tail (its p99 is 1000 against 100); round 2 has none.
+    const proxy = slow([[...ramp(98, 100), 1000, 1000], ramp(50, 100)], [12, 30]);
+    const base = slow([ramp(100, 100), ramp(50, 100)], [10, 10]);
+    const [first, second] = roundRatios(proxy, base, 'ttft99');
+    expect(first).toBeGreaterThan(5); // the tail, in its own round
+    expect(second).toBe(1);
+    expect(roundRatios(proxy, base, 'mem')).toEqual([1.2, 3]);
+    // Without per-round counts (older runs): an equal split, only if every stream had a first
+    // token; otherwise nothing.
+    for (const r of proxy.perRound!) delete r.ttftCount;
+    proxy.streams = 152; // two streams without a first token: the rounds cannot be told apart
+    expect(roundRatios(proxy, base, 'ttft99')).toEqual([]);
+    const even = slow([ramp(50, 100), ramp(50, 200)], [1, 1]);
+    for (const r of even.perRound!) delete r.ttftCount;
+    even.streams = 100;
+    const [evenFirst, evenSecond] = roundRatios(even, base, 'ttft99');
+    expect(evenFirst).toBeCloseTo(1, 1);
+    expect(evenSecond).toBe(2);
+  });
+
   it('gives nothing for one round, unequal rounds, or a run recorded without them', () => {
     expect(roundRatios(measured([[1, 1, 1]]), measured([[1, 1, 1]]), 'cpu')).toEqual([]);
     expect(roundRatios(measured([[1, 1, 1]]), base, 'cpu')).toEqual([]);
