@@ -119,45 +119,44 @@ export class ChatService {
     } catch (err) {
       stream.stats.outcome = 'failed';
       stream.stats.errorCode = 'internal_error';
-      this.ended(stream, meta);
       const e = err instanceof Error ? err : new Error(String(err));
-      if (!meta.failed) return Promise.reject(e);
-      this.failed(meta, e);
+      if (!meta.failed) {
+        this.ended(stream, meta);
+        return Promise.reject(e);
+      }
+      this.settled(stream, meta, [e]);
       return Promise.resolve();
     }
     // Forgotten however run() settles: a listener that throws from fail() makes it reject. What
     // runs after it (the log line, the meta's end hook) may throw too: the same bug path.
     return running.then(
-      () => {
-        // The meta's end hook runs even if the bookkeeping threw: it ends the journal entry.
-        let threw = false;
-        let bug: unknown;
-        try {
-          this.ended(stream, meta);
-        } catch (err) {
-          threw = true;
-          bug = err;
-        }
-        try {
-          meta.ended?.();
-        } catch (err) {
-          if (threw) this.reportBug(meta.requestId, err);
-          else {
-            threw = true;
-            bug = err;
-          }
-        }
-        if (threw) this.failed(meta, bug);
-      },
-      (err: unknown) => {
-        try {
-          this.ended(stream, meta);
-        } catch (second) {
-          this.reportBug(meta.requestId, second); // the first error is the one reported
-        }
-        this.failed(meta, err);
-      },
+      () => this.settled(stream, meta, []),
+      (err: unknown) => this.settled(stream, meta, [err]),
     );
+  }
+
+  /**
+   * A stream's end: the service's bookkeeping, then, after a normal end, the meta's end hook
+   * (it ends the journal entry), each run even if what came before threw. The first bug goes
+   * to failed(), any later one to the log.
+   */
+  private settled(stream: ChatStream, meta: StreamMeta, bugs: unknown[]): void {
+    const normal = bugs.length === 0;
+    try {
+      this.ended(stream, meta);
+    } catch (err) {
+      bugs.push(err);
+    }
+    if (normal) {
+      try {
+        meta.ended?.();
+      } catch (err) {
+        bugs.push(err);
+      }
+    }
+    if (bugs.length === 0) return;
+    for (const later of bugs.slice(1)) this.reportBug(meta.requestId, later);
+    this.failed(meta, bugs[0]);
   }
 
   /**

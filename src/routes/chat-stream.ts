@@ -138,9 +138,16 @@ export function chatStreamRouter(
     json: string,
     clientChoseId: boolean,
   ) {
-    const s = new NewStream(res, requestId, parsed, sinkFor(res, parsed, requestId), clientChoseId);
-    s.onError = onError;
-    s.graceMs = config.resumeGraceMs;
+    const sink = sinkFor(res, parsed, requestId);
+    const s = new NewStream(
+      res,
+      requestId,
+      parsed,
+      sink,
+      clientChoseId,
+      config.resumeGraceMs,
+      onError,
+    );
     s.recorder = new StreamRecorder(journal, requestId, s);
     s.recorder.attach(s.sink);
     const run = service.run(body, s.recorder, s, (stream) => s.started(stream), { json });
@@ -423,10 +430,8 @@ class NewStream implements RecorderOptions, RunMeta {
   readonly route = '/chat-stream';
   readonly format: string;
   readonly model: string;
-  graceMs = 0;
+  /** Made with this object as its options (see startStream). */
   recorder!: StreamRecorder;
-  /** The app's error handler, for failed(). */
-  onError: ErrorHandler | undefined = undefined;
   private stream: ChatStream | undefined = undefined;
 
   constructor(
@@ -436,6 +441,9 @@ class NewStream implements RecorderOptions, RunMeta {
     readonly sink: ResponseSink,
     /** The client chose the id (X-Request-ID): it can come back even without our head. */
     private readonly clientChoseId: boolean,
+    readonly graceMs: number,
+    /** The app's error handler, for failed(). */
+    private readonly onError: ErrorHandler | undefined,
   ) {
     this.format = parsed.format;
     this.model = parsed.params.model;

@@ -17,6 +17,25 @@ function responseOf(listener: unknown, meta: unknown): http.ServerResponse {
   return res;
 }
 
+/** A POST to each streaming route with `content` as its prompt: [path, JSON body]. */
+function bothRoutes(content: string): Array<[string, object]> {
+  return [
+    ['/chat-stream', { prompt: content, thinking: false }],
+    [
+      '/v1/chat/completions',
+      { model: 'deepseek-chat', stream: true, messages: [{ role: 'user', content }] },
+    ],
+  ];
+}
+
+function postJson(url: string, body: object) {
+  return request(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
 /** Open a stream and resolve at its first body bytes, with the response to read on. */
 function openStream(
   url: string,
@@ -99,41 +118,36 @@ describe("an open stream and Express's next", () => {
     }
   });
 
-  it.each([
-    ['/chat-stream', { prompt: 'late bug', thinking: false }],
-    [
-      '/v1/chat/completions',
-      { model: 'deepseek-chat', stream: true, messages: [{ role: 'user', content: 'late bug' }] },
-    ],
-  ])('a failure of %s once started still reaches the error handler', async (path, body) => {
-    // A bug where the service runs the route's code (its bind callback throws).
-    const service = stack.app.service;
-    const run = service.run.bind(service);
-    const spy = jest.spyOn(service, 'run').mockImplementation((body, listener, meta, _bind, opts) =>
-      run(
-        body,
-        listener,
-        meta,
-        () => {
-          throw new Error('a bug, on purpose');
-        },
-        opts,
-      ),
-    );
-    try {
-      const res = await request(stack.url + path, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-      expect(res.status).toBe(500);
-      const err = JSON.parse(res.body).error;
-      expect(err.code).toBe('internal_error');
-      expect(stack.logs.some((l) => l.includes('a bug, on purpose'))).toBe(true);
-    } finally {
-      spy.mockRestore();
-    }
-  });
+  it.each(bothRoutes('late bug'))(
+    'a failure of %s once started still reaches the error handler',
+    async (path, body) => {
+      // A bug where the service runs the route's code (its bind callback throws).
+      const service = stack.app.service;
+      const run = service.run.bind(service);
+      const spy = jest
+        .spyOn(service, 'run')
+        .mockImplementation((body, listener, meta, _bind, opts) =>
+          run(
+            body,
+            listener,
+            meta,
+            () => {
+              throw new Error('a bug, on purpose');
+            },
+            opts,
+          ),
+        );
+      try {
+        const res = await postJson(stack.url + path, body);
+        expect(res.status).toBe(500);
+        const err = JSON.parse(res.body).error;
+        expect(err.code).toBe('internal_error');
+        expect(stack.logs.some((l) => l.includes('a bug, on purpose'))).toBe(true);
+      } finally {
+        spy.mockRestore();
+      }
+    },
+  );
 });
 
 describe('a bug in what ends a stream (its log line)', () => {
@@ -149,42 +163,31 @@ describe('a bug in what ends a stream (its log line)', () => {
     await stack.close();
   });
 
-  it.each([
-    ['/chat-stream', { prompt: 'bookkeeping', thinking: false }],
-    [
-      '/v1/chat/completions',
-      {
-        model: 'deepseek-chat',
-        stream: true,
-        messages: [{ role: 'user', content: 'bookkeeping' }],
-      },
-    ],
-  ])('after %s reaches the error handler, not the process', async (path, body) => {
-    unhandled.length = 0;
-    const logsBefore = stack.logs.length;
-    const spy = jest.spyOn(stack.app.metrics, 'streamFinished').mockImplementationOnce(() => {
-      throw new Error('a bookkeeping bug, on purpose');
-    });
-    try {
-      const res = await request(stack.url + path, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
+  it.each(bothRoutes('bookkeeping'))(
+    'after %s reaches the error handler, not the process',
+    async (path, body) => {
+      unhandled.length = 0;
+      const logsBefore = stack.logs.length;
+      const spy = jest.spyOn(stack.app.metrics, 'streamFinished').mockImplementationOnce(() => {
+        throw new Error('a bookkeeping bug, on purpose');
       });
-      // The answer was whole before its log line was written.
-      expect(res.status).toBe(200);
-      expect(res.complete).toBe(true);
-      await new Promise((r) => setTimeout(r, 100));
-      expect(unhandled).toEqual([]);
-      const logged = stack.logs
-        .slice(logsBefore)
-        .filter((l) => l.includes('a bookkeeping bug, on purpose'));
-      expect(logged).toHaveLength(1);
-      expect(JSON.parse(logged[0]!).msg).toBe('unhandled error');
-    } finally {
-      spy.mockRestore();
-    }
-  });
+      try {
+        const res = await postJson(stack.url + path, body);
+        // The answer was whole before its log line was written.
+        expect(res.status).toBe(200);
+        expect(res.complete).toBe(true);
+        await new Promise((r) => setTimeout(r, 100));
+        expect(unhandled).toEqual([]);
+        const logged = stack.logs
+          .slice(logsBefore)
+          .filter((l) => l.includes('a bookkeeping bug, on purpose'));
+        expect(logged).toHaveLength(1);
+        expect(JSON.parse(logged[0]!).msg).toBe('unhandled error');
+      } finally {
+        spy.mockRestore();
+      }
+    },
+  );
 });
 
 describe('a bug in the metrics when a stream ends', () => {
