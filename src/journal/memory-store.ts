@@ -19,6 +19,7 @@ import {
 // (measured): for a long answer, most of what a stream holds. Sequence numbers are contiguous, so
 // seq = firstSeq + index.
 interface Entry {
+  /** Its lastSeq is not kept up to date: metaOf() reads it off the events. */
   meta: StreamMeta;
   /** seq of the first event; 0 until the first append. */
   firstSeq: number;
@@ -29,6 +30,7 @@ interface Entry {
   /** The texts of the events after the last full block. */
   open: string[];
   bytes: number;
+  /** When a stream that is no longer live may be dropped (set as it stops being live). */
   expiresAt: number;
   subscribers: Set<Sub>;
 }
@@ -84,7 +86,7 @@ export class MemoryJournalStore implements JournalStore {
   // short answer was kept for the whole TTL at a charge of one event's bytes.
   async create(id: string, fingerprint: string) {
     const existing = this.live(id);
-    if (existing) return { created: false as const, meta: { ...existing.meta } };
+    if (existing) return { created: false as const, meta: metaOf(existing) };
     const orphan = this.orphanMeta(id);
     if (orphan) return { created: false as const, meta: orphan };
     this.streams.set(id, {
@@ -102,7 +104,7 @@ export class MemoryJournalStore implements JournalStore {
 
   async meta(id: string) {
     const e = this.live(id);
-    return e ? { ...e.meta } : this.orphanMeta(id);
+    return e ? metaOf(e) : this.orphanMeta(id);
   }
 
   private orphanMeta(id: string): StreamMeta | undefined {
@@ -138,9 +140,8 @@ export class MemoryJournalStore implements JournalStore {
     }
     e.bytes += bytes;
     this.totalBytes += bytes;
-    // A stream that runs longer than RESUME_TTL_S must not expire while it runs.
-    e.expiresAt = Date.now() + this.limits.ttlMs;
-    e.meta.lastSeq = events[events.length - 1]?.seq ?? e.meta.lastSeq;
+    // Nothing here for the TTL: a live stream never expires, and its TTL counts from when it
+    // stops being live (finish, handoff), not from its last event. Nor for lastSeq (metaOf).
     if (e.subscribers.size > 0) this.notify(e, events);
     if (this.totalBytes > this.limits.maxBytesTotal) this.evict(id);
     return true;
@@ -164,7 +165,10 @@ export class MemoryJournalStore implements JournalStore {
 
   handoff(id: string): void {
     const e = this.streams.get(id);
-    if (e && e.meta.state === 'live') e.meta.state = 'handoff';
+    if (e && e.meta.state === 'live') {
+      e.meta.state = 'handoff';
+      e.expiresAt = Date.now() + this.limits.ttlMs;
+    }
   }
 
   async claim(id: string): Promise<boolean> {
@@ -305,6 +309,12 @@ export class MemoryJournalStore implements JournalStore {
 }
 
 /** Stored events after `afterSeq`, as objects again (replay: off the per-token path). */
+/** A copy of the entry's meta, with its lastSeq: the seq of its last event, 0 before any. */
+function metaOf(e: Entry): StreamMeta {
+  const n = e.packed.length;
+  return { ...e.meta, lastSeq: n === 0 ? 0 : e.firstSeq + n - 1 };
+}
+
 function eventsAfter(e: Entry, afterSeq: number): JournalEvent[] {
   const out: JournalEvent[] = [];
   const n = e.packed.length;

@@ -120,6 +120,35 @@ const FLUSH_NOW_BYTES = 64 * 1024;
  */
 const COMPACT_PARTS = 32;
 
+/**
+ * The streams whose upstream body had data this event-loop turn, flushed together by one
+ * setImmediate at its end: one Immediate per turn for all streams, not one per stream per read
+ * (with many slow streams, nearly every token is a read of its own).
+ */
+let turnStreams: ChatStream[] = [];
+/** The other array, reused: a flush that makes a stream read queues it for the next turn. */
+let spareTurnStreams: ChatStream[] = [];
+
+function awaitEndOfTurn(stream: ChatStream): void {
+  if (turnStreams.length === 0) setImmediate(endTurn);
+  turnStreams.push(stream);
+}
+
+function endTurn(): void {
+  const streams = turnStreams;
+  turnStreams = spareTurnStreams;
+  let i = 0;
+  try {
+    for (; i < streams.length; i++) streams[i]!.endOfTurn();
+  } finally {
+    // A flush that threw is that stream's bug (it goes to the process's uncaught handler, as
+    // from an Immediate of its own): the streams after it still get theirs, next turn.
+    for (let j = i + 1; j < streams.length; j++) awaitEndOfTurn(streams[j]!);
+    streams.length = 0;
+    spareTurnStreams = streams;
+  }
+}
+
 export class ChatStream implements DeltaSink {
   readonly stats: StreamStats;
   private readonly client: UpstreamClient;
@@ -175,14 +204,20 @@ export class ChatStream implements DeltaSink {
   private unflushed = 0;
   /**
    * The upstream body had data this event-loop turn: the idle timer was refreshed and the
-   * end-of-turn callback (which clears this) is scheduled.
+   * stream is in the turn's queue (see endTurn), which clears this.
    */
-  private turnSeen = false;
-  /** The end of an event-loop turn in which the upstream body had data. */
-  private readonly endOfTurn = (): void => {
+  turnSeen = false;
+  /** The end of an event-loop turn in which the upstream body had data (see endTurn). */
+  endOfTurn(): void {
     this.turnSeen = false;
-    this.flushNow();
-  };
+    try {
+      this.flushNow();
+    } catch (err) {
+      // A listener's bug, as in read(): it ends this stream only.
+      if (this.reading === undefined) throw err;
+      this.settle(internalFailure(err));
+    }
+  }
   private flushNow(): void {
     this.firstPending = false;
     this.unflushed = 0;
@@ -409,7 +444,7 @@ export class ChatStream implements DeltaSink {
     if (!this.turnSeen) {
       this.turnSeen = true;
       this.idleTimer?.refresh();
-      setImmediate(this.endOfTurn);
+      awaitEndOfTurn(this);
     }
     this.stats.bytesIn += buf.length;
     try {

@@ -216,6 +216,38 @@ describe('engine: when the listener writes', () => {
     ]);
     expect(stream.stats.outcome).toBe('failed');
   });
+
+  it('flushes every stream read in a turn once at its end; a flush that throws fails its stream only', async () => {
+    let aFlushes = 0;
+    const a = setup((log) => ({
+      flush: () => {
+        log.push('flush');
+        // The first flush is the first token's, inside its read; the second the turn's.
+        if (++aFlushes === 2) throw new Error('bug in flush');
+        return true;
+      },
+      fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
+    }));
+    const b = setup();
+    const c = setup();
+    await Promise.all([reading(a.body), reading(b.body), reading(c.body)]);
+    for (const s of [a, b, c]) s.body.write(chunk({ content: 'x' }));
+    for (const s of [a, b, c]) s.body.write(chunk({ content: 'y' }));
+    for (const s of [a, b, c]) s.body.write(chunk({ content: 'z' }));
+    // Within the turn: each stream's first token flushed in its read, the rest waits.
+    expect(b.log).toEqual(['open', 'content:x', 'flush', 'content:y', 'content:z']);
+    await turns(3);
+    // At the end of the turn: one flush each, the throwing one's stream failed, the others not.
+    expect(b.log).toEqual(['open', 'content:x', 'flush', 'content:y', 'content:z', 'flush']);
+    expect(c.log).toEqual(b.log);
+    await a.done;
+    expect(a.log.slice(-2)).toEqual(['flush', 'fail:internal_error:true']);
+    expect(a.stream.stats.outcome).toBe('failed');
+    for (const s of [b, c]) s.body.end(chunk({}, 'stop') + 'data: [DONE]\n\n');
+    await Promise.all([b.done, c.done]);
+    expect(b.log).toContain('end:stop');
+    expect(c.log).toContain('end:stop');
+  });
 });
 
 describe('a continued answer and max_tokens', () => {

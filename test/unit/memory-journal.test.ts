@@ -71,6 +71,27 @@ describe('MemoryJournalStore with live streams', () => {
     expect(await store.meta('L')).toMatchObject({ state: 'live' });
     expect(await store.meta('D')).toBeUndefined();
   });
+
+  it("counts a stream's TTL from when it stops being live, not from its last event", async () => {
+    store = new MemoryJournalStore({
+      ttlMs: 60,
+      maxBytesPerStream: 100_000,
+      maxBytesTotal: 100_000,
+    });
+    for (const id of ['F', 'H']) {
+      await store.create(id, 'f');
+      store.append(id, [{ seq: 1, kind: 'content', data: 'x' }], 10);
+    }
+    await new Promise((r) => setTimeout(r, 100)); // longer than the TTL since the last event
+    store.finish('F', 'done');
+    store.handoff('H');
+    // Just stopped being live: readable for a TTL from now.
+    expect(await store.meta('F')).toMatchObject({ state: 'done', lastSeq: 1 });
+    expect(await store.meta('H')).toMatchObject({ state: 'handoff', lastSeq: 1 });
+    await new Promise((r) => setTimeout(r, 150));
+    expect(await store.meta('F')).toBeUndefined();
+    expect(await store.meta('H')).toBeUndefined();
+  });
 });
 
 describe('MemoryJournalStore keeps texts joined in blocks', () => {
