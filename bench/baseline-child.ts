@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     agent.destroy();
     server.closeAllConnections();
     server.close();
-  });
+  }, server);
 }
 
 void main();

@@ -3,21 +3,39 @@
 // ask it to collect garbage (so an idle RSS reading is not inflated by garbage), for its JS heap
 // use (which part of the RSS is JS objects), to tell the time
 // on its monotonic clock (to cut a --cpu-prof profile to the measured window), for the longest
-// its event loop was blocked since it was last asked (a stall delays every stream it serves), or
-// to exit cleanly (so --cpu-prof gets to write its file).
+// its event loop was blocked since it was last asked (a stall delays every stream it serves), for
+// the connections it accepted since it was last asked and the time from the first to the last
+// (libuv accepts one connection per event-loop turn: a burst waits in the kernel's accept queue
+// for as many turns), or to exit cleanly (so --cpu-prof gets to write its file).
 
+import type { Server } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-export type ParentMessage = { id: number; cmd: 'gc' | 'now' | 'heap' | 'stall' | 'exit' };
+export type ParentMessage = {
+  id: number;
+  cmd: 'gc' | 'now' | 'heap' | 'stall' | 'acceptCount' | 'acceptSpan' | 'exit';
+};
 export type ChildMessage =
   { type: 'ready'; port: number; pid: number } | { type: 'reply'; id: number; value: number };
 
 /** In a child: announce the port and serve the parent's commands. */
-export function serveParent(port: number, onExit: () => Promise<void> | void): void {
+export function serveParent(
+  port: number,
+  onExit: () => Promise<void> | void,
+  server?: Server,
+): void {
   const send = (m: ChildMessage) => process.send?.(m);
   // A libuv timer every 10 ms in every child alike: the pipe and the proxy pay the same.
   const delay = monitorEventLoopDelay({ resolution: 10 });
   delay.enable();
+  // Every child alike: one clock reading per accepted connection.
+  let accepted = 0;
+  let firstAccept = 0;
+  let lastAccept = 0;
+  server?.on('connection', () => {
+    lastAccept = performance.now();
+    if (accepted++ === 0) firstAccept = lastAccept;
+  });
   process.on('message', (raw: unknown) => {
     const m = raw as ParentMessage;
     switch (m.cmd) {
@@ -41,6 +59,14 @@ export function serveParent(port: number, onExit: () => Promise<void> | void): v
         // ms; the histogram starts again, so the next answer covers the next run only.
         send({ type: 'reply', id: m.id, value: delay.max / 1e6 });
         delay.reset();
+        break;
+      case 'acceptCount':
+        send({ type: 'reply', id: m.id, value: accepted });
+        break;
+      case 'acceptSpan':
+        // ms from the first to the last accept; the count starts again (ask for it first).
+        send({ type: 'reply', id: m.id, value: accepted > 1 ? lastAccept - firstAccept : 0 });
+        accepted = 0;
         break;
       case 'now':
         // Microseconds on the monotonic clock: the clock V8 stamps profile samples with.

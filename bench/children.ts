@@ -21,6 +21,8 @@ export interface Child {
   now(): Promise<number>;
   /** The longest its event loop was blocked (ms) since the last call. */
   stall(): Promise<number>;
+  /** Connections accepted since the last call, and ms from the first to the last of them. */
+  accepts(): Promise<{ count: number; spanMs: number }>;
   /** Ask the child to exit cleanly (so --cpu-prof writes); kill it if it does not. */
   stop(): Promise<void>;
   /** The last lines the child printed, for error messages. */
@@ -106,6 +108,10 @@ export async function startChild(
     heap: () => ask('heap'),
     now: () => ask('now'),
     stall: () => ask('stall'),
+    async accepts() {
+      const count = await ask('acceptCount');
+      return { count, spanMs: await ask('acceptSpan') };
+    },
     async stop() {
       if (exited) return;
       void ask('exit');

@@ -64,6 +64,8 @@ export interface LoadResult {
    * every stream's times are taken here, so a stall here is a stall in all of them.
    */
   generatorMaxDelayMs: number;
+  /** New connections this run opened, and ms from the first to the last of them connecting. */
+  connects: { count: number; spanMs: number };
 }
 
 export interface LoadOptions {
@@ -96,6 +98,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   let open = 0;
   let peakOpen = 0;
   let done = 0;
+  const connects = { count: 0, first: 0, last: 0 };
   const cpu0 = process.cpuUsage();
   const delay = monitorEventLoopDelay({ resolution: 10 });
   delay.enable();
@@ -105,7 +108,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       const i = next++;
       open++;
       if (open > peakOpen) peakOpen = open;
-      results[i] = await oneStream(agent, opts, opts.jobs[i]!);
+      results[i] = await oneStream(agent, opts, opts.jobs[i]!, connects);
       open--;
       done++;
       opts.onProgress?.(open, done);
@@ -124,10 +127,19 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     peakOpen,
     generatorCpuMicros: cpu.user + cpu.system,
     generatorMaxDelayMs: delay.max / 1e6,
+    connects: {
+      count: connects.count,
+      spanMs: connects.count > 1 ? connects.last - connects.first : 0,
+    },
   };
 }
 
-function oneStream(agent: http.Agent, opts: LoadOptions, job: Job): Promise<StreamResult> {
+function oneStream(
+  agent: http.Agent,
+  opts: LoadOptions,
+  job: Job,
+  connects: { count: number; first: number; last: number },
+): Promise<StreamResult> {
   return new Promise<StreamResult>((resolve) => {
     const spec = job.request;
     const t0 = performance.now();
@@ -163,6 +175,13 @@ function oneStream(agent: http.Agent, opts: LoadOptions, job: Job): Promise<Stre
     const timer = setTimeout(() => {
       req.destroy(new Error(`no end within ${opts.timeoutMs} ms`));
     }, opts.timeoutMs);
+    req.on('socket', (socket) => {
+      if (!socket.connecting) return; // a kept-alive connection
+      socket.once('connect', () => {
+        connects.last = performance.now();
+        if (connects.count++ === 0) connects.first = connects.last;
+      });
+    });
     req.on('error', (err) => finish(false, err.message));
     req.on('response', (res) => {
       status = res.statusCode ?? 0;

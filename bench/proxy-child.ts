@@ -42,7 +42,7 @@ async function main(): Promise<void> {
     void app.close();
     server.closeAllConnections();
     server.close();
-  });
+  }, server);
 }
 
 void main();

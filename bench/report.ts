@@ -7,6 +7,7 @@ import type { WindowProfile } from './profile';
 import type { Machine } from './proc';
 import type { Scenario, Target } from './scenarios';
 import {
+  connectionsText,
   costModel,
   derive,
   fmt,
@@ -426,7 +427,16 @@ function context(vs: Measurement[]): string {
   const stallText = stalls.length
     ? ` Longest event-loop stall in each round, ms, server/load generator: ${stalls.join('; ')}.`
     : '';
-  return `CPU elsewhere: ${parts.join('; ')}.${stallText}`;
+  const conns = vs
+    .filter((x) => x.perRound?.some((r) => r.connections))
+    .map((x) => `${x.target}: ${connectionsText(x)}`);
+  const connText = conns.length
+    ? ' Each round, ' +
+      'the new connections, as connected by the load generator and accepted by the server ' +
+      '(libuv accepts one per event-loop turn), and the upstream ones the simulator accepted: ' +
+      `${conns.join('; ')}.`
+    : '';
+  return `CPU elsewhere: ${parts.join('; ')}.${stallText}${connText}`;
 }
 
 function profileBlock(info: RunInfo): string {

@@ -37,6 +37,7 @@ import {
   addResults,
   costModel,
   derive,
+  connectionsText,
   emptyMeasurement,
   fmt,
   MEM_MIN_OPEN,
@@ -263,6 +264,8 @@ async function measureOnce(
     const r = memory(server.pid).rss;
     if (r > sampled) sampled = r;
   };
+  const many = v.concurrency >= MEM_MIN_OPEN;
+  if (many) await Promise.all([server.accepts(), stack.sim.accepts()]); // counts start here
   const sampler = setInterval(sample, 50);
   const drops0 = listenDrops();
   const others = [stack.sim, stack.proxy, stack.proxyRedis, stack.baseline].filter(
@@ -286,6 +289,9 @@ async function measureOnce(
   clearInterval(sampler);
   sample();
   (m.stalls ??= []).push({ server: await server.stall(), generator: result.generatorMaxDelayMs });
+  const [serverAccepts, simAccepts] = many
+    ? await Promise.all([server.accepts(), stack.sim.accepts()])
+    : [];
   const peak = Math.max(sampled, canReset ? memory(server.pid).hwm : 0);
   const delta = (c: Child) => cpu1[others.indexOf(c)]! - cpu0[others.indexOf(c)]!;
   // Redis is ours too: its CPU is not "other load" on the machine.
@@ -299,6 +305,9 @@ async function measureOnce(
     tokens: m.tokens - tokensBefore,
     ttftP50: percentile(m.ttftMs.slice(ttftBefore), 50),
     ttftCount: m.ttftMs.length - ttftBefore,
+    ...(serverAccepts && simAccepts
+      ? { connections: { client: result.connects, server: serverAccepts, sim: simAccepts } }
+      : {}),
   });
   m.rounds++;
   m.wallMs += result.wallMs;
@@ -399,6 +408,7 @@ function printMeasurement(m: Measurement, base: Measurement | undefined): void {
         ? ` | longest stall ms: server ${m.stalls.map((x) => x.server.toFixed(0)).join(' ')},` +
           ` generator ${m.stalls.map((x) => x.generator.toFixed(0)).join(' ')}`
         : '') +
+      (m.perRound?.some((x) => x.connections) ? ` | ${connectionsText(m)}` : '') +
       (m.listenDrops ? ` | ${m.listenDrops} LISTEN DROPS` : '') +
       (d.foreignCores > 0.1 ? ` | other load ${fmt.pct(d.foreignCores)} of a core` : ''),
   );

@@ -54,7 +54,18 @@ export interface Measurement {
    * time (µs), the tokens delivered and the TTFT p50 (ms). Round i of a proxy target and round i
    * of the baseline ran next to each other, so their ratios show the run-to-run spread.
    */
-  perRound?: Array<{ cpuUs: number; tokens: number; ttftP50: number; ttftCount?: number }>;
+  perRound?: Array<{
+    cpuUs: number;
+    tokens: number;
+    ttftP50: number;
+    ttftCount?: number;
+    /**
+     * Scenarios of many streams at once: new connections and ms from the first to the last,
+     * as the load generator connected them, as the server accepted them, and as the simulator
+     * accepted the server's upstream connections.
+     */
+    connections?: Record<'client' | 'server' | 'sim', { count: number; spanMs: number }>;
+  }>;
   /**
    * Per round (absent before 2026-11-29 15:00): the longest event-loop stall (ms) of the serving
    * child and of the load generator during the measured run. A stall delays every stream at once:
@@ -279,3 +290,21 @@ export const fmt = {
   mib: (v: number) => (Number.isNaN(v) ? '-' : `${(v / 2 ** 20).toFixed(1)} MiB`),
   pct: (v: number) => `${(v * 100).toFixed(0)}%`,
 };
+
+/**
+ * Per round, the new connections of a many-streams scenario: how many the load generator opened
+ * and the ms from the first to the last connecting (client) and being accepted (server), then
+ * the server's new upstream connections and the ms over which the simulator accepted them.
+ */
+export function connectionsText(m: Measurement): string {
+  const ms = (x: number) => x.toFixed(0);
+  const each = (m.perRound ?? []).flatMap((r) => {
+    const c = r.connections;
+    if (!c) return [];
+    return [
+      `${c.client.count} in ${ms(c.client.spanMs)}/${ms(c.server.spanMs)} ms, ` +
+        `upstream ${c.sim.count} in ${ms(c.sim.spanMs)} ms`,
+    ];
+  });
+  return each.length ? `new connections, connected/accepted within: ${each.join('; ')}` : '';
+}

@@ -1,5 +1,6 @@
 import {
   costModel,
+  connectionsText,
   emptyMeasurement,
   modelCpuPerToken,
   roundRatios,
@@ -98,5 +99,26 @@ describe('bench cost model', () => {
     const m = costModel(run(100, 20, 450), run(100, 20, 500));
     expect(m.fixedUs).toBeNaN();
     expect(m.perTokenUs).toBeNaN();
+  });
+});
+
+describe('bench connections per round', () => {
+  it('gives each round its new connections and their spans, and says nothing without them', () => {
+    const m = emptyMeasurement('slow', 'v', 'v', 't');
+    const conn = (client: number, server: number, sim: number) => ({
+      client: { count: 1000, spanMs: client },
+      server: { count: 1000, spanMs: server },
+      sim: { count: 936, spanMs: sim },
+    });
+    m.perRound = [
+      { cpuUs: 1, tokens: 1, ttftP50: 1, connections: conn(150.2, 1210.7, 880) },
+      { cpuUs: 1, tokens: 1, ttftP50: 1, connections: conn(98, 402, 12.4) },
+    ];
+    expect(connectionsText(m)).toBe(
+      'new connections, connected/accepted within: 1000 in 150/1211 ms, upstream 936 in 880 ms; ' +
+        '1000 in 98/402 ms, upstream 936 in 12 ms',
+    );
+    m.perRound = [{ cpuUs: 1, tokens: 1, ttftP50: 1 }];
+    expect(connectionsText(m)).toBe('');
   });
 });
