@@ -10,12 +10,12 @@ import { serveParent } from './child-ipc';
 // the kernel drops SYNs and those connections wait 1 s or 3 s for a retransmit: an artefact of
 // the bench, not of the relay (and it punishes the faster relay most). Listen with 4096 instead.
 // The server is kept, for the accept counts (child-ipc.ts).
-let simServer: net.Server | undefined;
+const listening: net.Server[] = [];
 const listen = net.Server.prototype.listen;
 net.Server.prototype.listen = function (this: net.Server, ...args: unknown[]) {
   const [port, host, cb] = args;
   if (typeof port === 'number' && typeof host === 'string' && typeof cb === 'function') {
-    simServer = this;
+    listening.push(this);
     return listen.call(this, { port, host, backlog: 4096 }, cb as () => void);
   }
   return (listen as (...a: unknown[]) => net.Server).apply(this, args);
@@ -23,7 +23,7 @@ net.Server.prototype.listen = function (this: net.Server, ...args: unknown[]) {
 
 async function main(): Promise<void> {
   const sim = await startSimulator({ port: 0, host: '127.0.0.1', tokenDelayMs: 0 });
-  serveParent(sim.port, () => sim.close(), simServer);
+  serveParent(sim.port, () => sim.close(), listening[0]);
 }
 
 void main();
