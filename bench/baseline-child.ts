@@ -45,11 +45,15 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) =>
     server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve),
   );
-  serveParent((server.address() as AddressInfo).port, () => {
-    agent.destroy();
-    server.closeAllConnections();
-    server.close();
-  }, server);
+  serveParent(
+    (server.address() as AddressInfo).port,
+    () => {
+      agent.destroy();
+      server.closeAllConnections();
+      server.close();
+    },
+    server,
+  );
 }
 
 void main();

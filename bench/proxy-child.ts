@@ -38,11 +38,15 @@ async function main(): Promise<void> {
     // A backlog for 1000 connections arriving at once (Node's default is 511).
     server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve),
   );
-  serveParent((server.address() as AddressInfo).port, () => {
-    void app.close();
-    server.closeAllConnections();
-    server.close();
-  }, server);
+  serveParent(
+    (server.address() as AddressInfo).port,
+    () => {
+      void app.close();
+      server.closeAllConnections();
+      server.close();
+    },
+    server,
+  );
 }
 
 void main();
