@@ -308,13 +308,13 @@ export class MemoryJournalStore implements JournalStore {
   }
 }
 
-/** Stored events after `afterSeq`, as objects again (replay: off the per-token path). */
 /** A copy of the entry's meta, with its lastSeq: the seq of its last event, 0 before any. */
 function metaOf(e: Entry): StreamMeta {
   const n = e.packed.length;
   return { ...e.meta, lastSeq: n === 0 ? 0 : e.firstSeq + n - 1 };
 }
 
+/** Stored events after `afterSeq`, as objects again (replay: off the per-token path). */
 function eventsAfter(e: Entry, afterSeq: number): JournalEvent[] {
   const out: JournalEvent[] = [];
   const n = e.packed.length;

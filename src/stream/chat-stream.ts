@@ -137,16 +137,21 @@ function awaitEndOfTurn(stream: ChatStream): void {
 function endTurn(): void {
   const streams = turnStreams;
   turnStreams = spareTurnStreams;
-  let i = 0;
-  try {
-    for (; i < streams.length; i++) streams[i]!.endOfTurn();
-  } finally {
-    // A flush that threw is that stream's bug (it goes to the process's uncaught handler, as
-    // from an Immediate of its own): the streams after it still get theirs, next turn.
-    for (let j = i + 1; j < streams.length; j++) awaitEndOfTurn(streams[j]!);
-    streams.length = 0;
-    spareTurnStreams = streams;
+  let threw = false;
+  let first: unknown;
+  for (let i = 0; i < streams.length; i++) {
+    // endOfTurn fails its own stream on a listener's throw; what still escapes is a fault in
+    // failing it. The other streams flush all the same; then it goes on as from an Immediate.
+    try {
+      streams[i]!.endOfTurn();
+    } catch (err) {
+      if (!threw) first = err;
+      threw = true;
+    }
   }
+  streams.length = 0;
+  spareTurnStreams = streams;
+  if (threw) throw first;
 }
 
 export class ChatStream implements DeltaSink {
@@ -210,15 +215,24 @@ export class ChatStream implements DeltaSink {
   /** The end of an event-loop turn in which the upstream body had data (see endTurn). */
   endOfTurn(): void {
     this.turnSeen = false;
+    this.flushNow();
+  }
+  /**
+   * Hand what was read to the listener's client now. A listener's throw (a bug) ends this
+   * stream only, as in read(): the attempt being read fails, or, between attempts (its end came
+   * in the same turn as its tokens; a continuation is on its way), the stream stops.
+   */
+  private flushNow(): void {
     try {
-      this.flushNow();
+      this.flushListener();
     } catch (err) {
-      // A listener's bug, as in read(): it ends this stream only.
-      if (this.reading === undefined) throw err;
-      this.settle(internalFailure(err));
+      if (this.reading !== undefined) this.settle(internalFailure(err));
+      else this.stop(new ProxyError('internal_error', 'internal error', { cause: err }));
     }
   }
-  private flushNow(): void {
+  private flushListener(): void {
+    // An ended stream's listener was told everything (end or fail wrote the rest).
+    if (this.stats.outcome !== 'running') return;
     this.firstPending = false;
     this.unflushed = 0;
     // Before the response began, what was handed over waits (chunks before the first token).

@@ -8,7 +8,7 @@ import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
 import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
-import type { UpstreamClient } from '../../src/upstream/client';
+import { UpstreamAbortedError, type UpstreamClient } from '../../src/upstream/client';
 import type { UpstreamBody } from '../../src/upstream/request';
 
 const SETTINGS = engineSettings(testConfig({ retryBaseDelayMs: 1, retryMaxDelayMs: 1 }));
@@ -247,6 +247,55 @@ describe('engine: when the listener writes', () => {
     await Promise.all([b.done, c.done]);
     expect(b.log).toContain('end:stop');
     expect(c.log).toContain('end:stop');
+  });
+
+  it('a flush that throws after its attempt ended in the same turn stops the stream, not the process', async () => {
+    // The upstream breaks in the turn that brought tokens; the continuation's request is still
+    // on its way when the turn's flush runs (and throws).
+    const body = new PassThrough();
+    let posts = 0;
+    const client: UpstreamClient = {
+      post: (_path, _body, abort) =>
+        posts++ === 0
+          ? Promise.resolve({ status: 200, headers: {}, body })
+          : new Promise((_resolve, reject) => {
+              // Answers only when aborted, as the real client does.
+              abort.onAbort = () => reject(new UpstreamAbortedError());
+            }),
+      close: () => undefined,
+    };
+    const log: string[] = [];
+    let flushes = 0;
+    const listener: StreamListener = {
+      open: () => log.push('open'),
+      content: (t) => log.push(`content:${t}`),
+      reasoning: () => undefined,
+      flush: () => {
+        log.push('flush');
+        if (++flushes === 2) throw new Error('bug in flush');
+        return true;
+      },
+      end: (reason) => log.push(`end:${reason}`),
+      fail: (err, opened) => log.push(`fail:${err.code}:${opened}`),
+    };
+    const stream = new ChatStream(client, SETTINGS, BODY, listener);
+    const done = stream.run();
+    await reading(body);
+    body.write(chunk({ content: 'x' }));
+    body.write(chunk({ content: 'y' }));
+    body.destroy(new Error('connection reset'));
+    await done;
+    expect(posts).toBe(2); // the continuation was asked for
+    expect(log).toEqual([
+      'open',
+      'content:x',
+      'flush',
+      'content:y',
+      'flush',
+      'fail:internal_error:true',
+    ]);
+    expect(stream.stats.outcome).toBe('failed');
+    expect(stream.stats.cause).toEqual(new Error('bug in flush'));
   });
 });
 

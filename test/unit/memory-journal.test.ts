@@ -74,7 +74,7 @@ describe('MemoryJournalStore with live streams', () => {
 
   it("counts a stream's TTL from when it stops being live, not from its last event", async () => {
     store = new MemoryJournalStore({
-      ttlMs: 60,
+      ttlMs: 300,
       maxBytesPerStream: 100_000,
       maxBytesTotal: 100_000,
     });
@@ -82,13 +82,13 @@ describe('MemoryJournalStore with live streams', () => {
       await store.create(id, 'f');
       store.append(id, [{ seq: 1, kind: 'content', data: 'x' }], 10);
     }
-    await new Promise((r) => setTimeout(r, 100)); // longer than the TTL since the last event
+    await new Promise((r) => setTimeout(r, 400)); // longer than the TTL since the last event
     store.finish('F', 'done');
     store.handoff('H');
     // Just stopped being live: readable for a TTL from now.
     expect(await store.meta('F')).toMatchObject({ state: 'done', lastSeq: 1 });
     expect(await store.meta('H')).toMatchObject({ state: 'handoff', lastSeq: 1 });
-    await new Promise((r) => setTimeout(r, 150));
+    await new Promise((r) => setTimeout(r, 700));
     expect(await store.meta('F')).toBeUndefined();
     expect(await store.meta('H')).toBeUndefined();
   });
