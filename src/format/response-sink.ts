@@ -9,6 +9,7 @@ import { errorBody, type ProxyError } from '../errors';
 import type { JournalEvent } from '../journal/types';
 import type { TokenSource } from '../stream/interpreter';
 import type { Frames } from './frames';
+import { writeChunk } from './chunk';
 
 export interface ResponseSinkOptions {
   requestId: string;
@@ -168,7 +169,7 @@ export class ResponseSink {
     this.pending = '';
     this.wroteSinceTick = true;
     this.bytesOut += out.length;
-    const ok = this.res.write(out, 'latin1');
+    const ok = writeChunk(this.res, out, 'latin1');
     if (this.headPending) {
       this.headPending = false;
       releaseHead(this.res);

@@ -23,6 +23,7 @@ import type { StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
 import { resolveModel } from '../upstream/deepseek';
 import type { UpstreamBody } from '../upstream/request';
+import { writeChunk } from '../format/chunk';
 
 export function openAiRouter(
   config: Config,
@@ -276,7 +277,7 @@ class OpenAiStreamSink implements StreamListener {
       return true;
     }
     this.heartbeat?.wrote();
-    const ok = this.res.write(out);
+    const ok = writeChunk(this.res, out);
     if (this.headPending) this.headWentOut();
     return ok;
   }

@@ -1,0 +1,189 @@
+// writeChunk frames a chunked body's write itself, in one socket write: the bytes on the wire
+// must be exactly what Node's own framing makes, for every kind of response Node may be in.
+
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { writeChunk } from '../../src/format/chunk';
+
+type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+
+async function serve(handler: Handler): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = http.createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** Send `raw` on a new connection; resolve with every byte received until the server closes. */
+function rawExchange(port: number, raw: string, endAfter?: (got: string) => boolean) {
+  return new Promise<string>((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(raw));
+    let got = '';
+    sock.setEncoding('latin1');
+    sock.on('data', (d: string) => {
+      got += d;
+      if (endAfter?.(got)) sock.end();
+    });
+    sock.on('end', () => resolve(got));
+    sock.on('error', reject);
+  });
+}
+
+const bodyOf = (response: string) => response.slice(response.indexOf('\r\n\r\n') + 4);
+
+// The pieces a stream writes: ASCII, UTF-8 text given as latin1 bytes (as the SSE sink does),
+// a UTF-8 string, a Buffer.
+const PIECES: Array<[string | Buffer, 'latin1' | 'utf8']> = [
+  ['data: {"content":"Hel"}\n\n', 'latin1'],
+  [Buffer.from('data: 世界 😀\n\n', 'utf8').toString('latin1'), 'latin1'],
+  ['é ünïcödé and more', 'utf8'],
+  [Buffer.from('raw bytes \u2603'), 'utf8'],
+];
+
+function writeAll(res: http.ServerResponse): void {
+  for (const [data, enc] of PIECES) writeChunk(res, data, enc);
+}
+
+function expectedChunks(): string {
+  return PIECES.map(([data, enc]) => {
+    const bytes = typeof data === 'string' ? Buffer.from(data, enc) : data;
+    return `${bytes.length.toString(16)}\r\n${bytes.toString('latin1')}\r\n`;
+  }).join('');
+}
+
+describe('writeChunk', () => {
+  it('puts on the wire exactly the chunks Node would, then Node ends the body once', async () => {
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      writeAll(res);
+      res.end('last');
+    });
+    try {
+      const got = await rawExchange(
+        s.port,
+        'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(got).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+      expect(got).toMatch(/\r\nTransfer-Encoding: chunked\r\n/i);
+      expect(bodyOf(got)).toBe(expectedChunks() + '4\r\nlast\r\n0\r\n\r\n');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("is read back whole by Node's own HTTP client, text and bytes alike", async () => {
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+      writeAll(res);
+      res.end();
+    });
+    try {
+      const body = await new Promise<Buffer>((resolve, reject) => {
+        http
+          .get({ port: s.port, host: '127.0.0.1' }, (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (d: Buffer) => parts.push(d));
+            res.on('end', () => resolve(Buffer.concat(parts)));
+          })
+          .on('error', reject);
+      });
+      const want = Buffer.concat(
+        PIECES.map(([d, enc]) => (typeof d === 'string' ? Buffer.from(d, enc) : d)),
+      );
+      expect(body.equals(want)).toBe(true);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('writes an HTTP/1.0 body (no chunks) as is, and a write before the head as Node does', async () => {
+    const s = await serve((_req, res) => {
+      // No head yet: this write makes it (chunked for 1.1), so Node frames it itself.
+      writeChunk(res, 'first,', 'latin1');
+      writeAll(res);
+      res.end();
+    });
+    try {
+      const v10 = await rawExchange(s.port, 'GET / HTTP/1.0\r\nHost: x\r\n\r\n');
+      expect(v10).not.toMatch(/Transfer-Encoding/i);
+      const plain = PIECES.map(([d, enc]) =>
+        (typeof d === 'string' ? Buffer.from(d, enc) : d).toString('latin1'),
+      ).join('');
+      expect(bodyOf(v10)).toBe('first,' + plain);
+
+      const v11 = await rawExchange(
+        s.port,
+        'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(bodyOf(v11)).toBe('6\r\nfirst,\r\n' + expectedChunks() + '0\r\n\r\n');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('keeps pipelined responses apart and in order: the second waits for its turn', async () => {
+    let n = 0;
+    const s = await serve((_req, res) => {
+      const me = ++n;
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      // The second response writes while the first still owns the socket.
+      writeChunk(res, `r${me}-a`, 'latin1');
+      setTimeout(
+        () => {
+          writeChunk(res, `r${me}-b`, 'latin1');
+          res.end();
+        },
+        me === 1 ? 50 : 0,
+      );
+    });
+    try {
+      const req = 'GET / HTTP/1.1\r\nHost: x\r\n\r\n';
+      const got = await rawExchange(
+        s.port,
+        req + req,
+        (g) => (g.match(/0\r\n\r\n/g) ?? []).length === 2,
+      );
+      const responses = got.split(/(?=HTTP\/1\.1 200)/);
+      expect(responses).toHaveLength(2);
+      expect(bodyOf(responses[0]!)).toBe('4\r\nr1-a\r\n4\r\nr1-b\r\n0\r\n\r\n');
+      expect(bodyOf(responses[1]!)).toBe('4\r\nr2-a\r\n4\r\nr2-b\r\n0\r\n\r\n');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("reports backpressure and the response's 'drain' comes when the client reads again", async () => {
+    let drained: Promise<void> | undefined;
+    let sawFull = false;
+    const big = 'x'.repeat(64 * 1024);
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      for (let i = 0; i < 200 && !sawFull; i++) sawFull = !writeChunk(res, big, 'latin1');
+      drained = new Promise<void>((r) => res.once('drain', () => r()));
+      void drained.then(() => res.end());
+    });
+    try {
+      const sock = net.connect(s.port, '127.0.0.1');
+      sock.pause(); // not reading: the server's socket fills
+      sock.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      await new Promise((r) => setTimeout(r, 200));
+      expect(sawFull).toBe(true);
+      let bytes = 0;
+      sock.on('data', (d: Buffer) => (bytes += d.length));
+      const ended = new Promise((r) => sock.on('end', r));
+      sock.resume();
+      await drained;
+      await ended;
+      expect(bytes).toBeGreaterThan(64 * 1024);
+    } finally {
+      await s.close();
+    }
+  });
+});
