@@ -18,16 +18,33 @@ const CRLF = '\r\n';
 const CRLF_BYTES = Buffer.from(CRLF, 'latin1');
 
 /**
+ * Whether this write can be framed here, as Node would frame it:
+ * - the body is chunked, which Node decides when it makes the head (before, it would frame the
+ *   write too);
+ * - something to write (an empty chunk is the body's end);
+ * - not corked by the response's owner (newer Node holds its framed writes while res is corked,
+ *   and ours would overtake them);
+ * - the head is on the wire, or the write is latin1 or bytes: Node sends a head that is still
+ *   waiting in front of the first write, in that write's encoding (latin1, its size line, when
+ *   Node frames it), so a UTF-8 string would re-encode a header's bytes above 0x7F.
+ */
+function framedHere(res: ServerResponse, data: string | Buffer, encoding: string): boolean {
+  if (!res.chunkedEncoding || !res.headersSent || data.length === 0) return false;
+  if (res.writableCorked > 0) return false;
+  const headOut = (res as { _headerSent?: boolean })._headerSent === true;
+  return headOut || typeof data !== 'string' || encoding === 'latin1';
+}
+
+/**
  * res.write(data, encoding), as one chunk frame of our own when the response is chunked and its
- * head is made; as res.write otherwise (HTTP/1.0, a head not made yet, an empty write).
+ * head is made; as res.write otherwise (see framedHere).
  */
 export function writeChunk(
   res: ServerResponse,
   data: string | Buffer,
   encoding: 'latin1' | 'utf8' = 'utf8',
 ): boolean {
-  // chunkedEncoding is decided when the head is made: before that, Node would frame it too.
-  if (!res.chunkedEncoding || !res.headersSent || data.length === 0) {
+  if (!framedHere(res, data, encoding)) {
     return typeof data === 'string' ? res.write(data, encoding) : res.write(data);
   }
   res.chunkedEncoding = false;

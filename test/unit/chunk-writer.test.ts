@@ -186,4 +186,69 @@ describe('writeChunk', () => {
       await s.close();
     }
   });
+
+  it('leaves an empty write alone: it must not end the body', async () => {
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      writeChunk(res, 'a', 'latin1');
+      writeChunk(res, '', 'latin1');
+      writeChunk(res, Buffer.alloc(0));
+      writeChunk(res, 'b', 'utf8');
+      res.end();
+    });
+    try {
+      const got = await rawExchange(
+        s.port,
+        'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(bodyOf(got)).toBe('1\r\na\r\n1\r\nb\r\n0\r\n\r\n');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('sends a waiting head as Node would, even when the first write is a UTF-8 string', async () => {
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain', 'X-Name': 'caf\u00e9' });
+      writeChunk(res, 'data: \u4e16\n\n', 'utf8');
+      res.end();
+    });
+    try {
+      const got = await rawExchange(
+        s.port,
+        'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      // Node writes header values as latin1: one byte 0xE9, not UTF-8's two.
+      expect(got).toContain('X-Name: caf\u00e9\r\n');
+      const bytes = Buffer.from('data: \u4e16\n\n', 'utf8');
+      expect(bodyOf(got)).toBe(
+        `${bytes.length.toString(16)}\r\n${bytes.toString('latin1')}\r\n0\r\n\r\n`,
+      );
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('keeps the order of writes made while the response is corked', async () => {
+    const s = await serve((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      writeChunk(res, 'one', 'latin1');
+      setImmediate(() => {
+        res.cork();
+        res.write('two');
+        writeChunk(res, 'three', 'latin1');
+        res.uncork();
+        res.end();
+      });
+    });
+    try {
+      const got = await rawExchange(
+        s.port,
+        'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      );
+      expect(bodyOf(got)).toBe('3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n');
+    } finally {
+      await s.close();
+    }
+  });
 });
