@@ -20,11 +20,6 @@ export interface RecorderOptions {
 export class StreamRecorder implements StreamListener {
   private seq = 0;
   private batch: JournalEvent[] = [];
-  /**
-   * The batch array before it, emptied: reused (the store keeps no batch; see append).
-   * Undefined while an append runs.
-   */
-  private spare: JournalEvent[] | undefined = [];
   private batchBytes = 0;
   private client: ResponseSink | undefined;
   private finished = false;
@@ -139,19 +134,9 @@ export class StreamRecorder implements StreamListener {
     if (this.batch.length === 0) return;
     const events = this.batch;
     const bytes = this.batchBytes;
-    // No array per batch (with slow streams, nearly one per token): the two take turns. Events
-    // recorded during the append (a subscriber's handler) go into the other one.
-    this.batch = this.spare ?? [];
-    this.spare = undefined;
+    this.batch = [];
     this.batchBytes = 0;
-    let kept: boolean;
-    try {
-      kept = this.store.append(this.id, events, bytes);
-    } finally {
-      events.length = 0;
-      this.spare = events;
-    }
-    if (!kept) {
+    if (!this.store.append(this.id, events, bytes)) {
       // Over the journal budget: the stream can no longer be resumed exactly.
       this.journaling = false;
       if (!this.client) this.opts.abort();

@@ -62,9 +62,7 @@ export interface JournalStore {
   meta(id: string): Promise<StreamMeta | undefined>;
   /**
    * Append events (called once per upstream read, not per token). Fire and forget, in order.
-   * Returns false when the stream is over its byte budget (it is then marked overflow). The
-   * store keeps the event objects if it likes, never the `events` array: the caller empties it
-   * and fills it again.
+   * Returns false when the stream is over its byte budget (it is then marked overflow).
    */
   append(id: string, events: JournalEvent[], bytes: number): boolean;
   /** Mark the stream finished; it stays readable until its TTL. */
