@@ -279,7 +279,7 @@ async function measureOnce(
 
   const result = await load(jobs, v.concurrency, {
     // Sample memory when the number of open streams is at its highest too.
-    onProgress: v.concurrency >= MEM_MIN_OPEN ? sample : undefined,
+    onProgress: many ? sample : undefined,
   });
 
   const busy1 = machineBusyMicros();
