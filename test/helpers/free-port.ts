@@ -13,3 +13,11 @@ export function freePort(): Promise<number> {
     srv.on('error', reject);
   });
 }
+
+/**
+ * A loopback port nothing listens on, for an upstream or a Redis that refuses connections. Not
+ * a freePort(): another test file, running at the same time, may listen on that one a moment
+ * later (a listen(0) picks from the ephemeral range) and answer instead. Port 1 is outside
+ * that range, and no test or service here listens on it.
+ */
+export const REFUSED_PORT = 1;

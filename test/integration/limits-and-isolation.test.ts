@@ -1,6 +1,6 @@
 // Heartbeats, the global stream cap, and one stream's exception never hurting another.
 
-import { freePort } from '../helpers/free-port';
+import { REFUSED_PORT } from '../helpers/free-port';
 import { createApp } from '../../src/app';
 import { testConfig } from '../../src/config';
 import { createLogger } from '../../src/log';
@@ -127,7 +127,7 @@ describe('an unexpected exception in one stream', () => {
 
 describe('Redis unreachable', () => {
   it('API requests get 503 store_unavailable with Retry-After, and /readyz says why', async () => {
-    const port = await freePort(); // nothing listens there
+    const port = REFUSED_PORT; // nothing listens there
     // Rate limits on too: the limiter is the first to ask Redis on a limited route.
     for (const rateLimitMax of [0, 5]) {
       const stack = await startStack({ redisUrl: `redis://127.0.0.1:${port}`, rateLimitMax });

@@ -1,7 +1,7 @@
 // Retries before the first token: counted at the simulator.
 
 import http from 'node:http';
-import { freePort } from '../helpers/free-port';
+import { REFUSED_PORT } from '../helpers/free-port';
 import { simulateAnswer } from '../../src/simulator/answer';
 import { parseSse, q, request, sseText, startStack, waitFor, type Stack } from '../helpers/stack';
 
@@ -103,7 +103,7 @@ describe('retry before the first token', () => {
 
 describe('connection failures', () => {
   it('an upstream that refuses connections is retried, then 503 upstream_unavailable', async () => {
-    const port = await freePort(); // nothing listens there
+    const port = REFUSED_PORT; // nothing listens there
     const dead = await startStack({
       deepseekBaseUrl: `http://127.0.0.1:${port}`,
       retryMax: 2,
