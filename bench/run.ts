@@ -254,7 +254,11 @@ async function measureOnce(
   // runs would otherwise pile up (and expire, costing Redis CPU) across rounds and variants.
   if (target.server === 'proxy-redis') await stack.redis!.flush();
 
-  await server.gc();
+  // No forced garbage collection here, between the warm-up and the measurement: a full
+  // collection while no stream is open lets V8 throw away optimised code of the per-request
+  // path (in the proxy about 150 functions, Node's http and streams and ours: "weak objects" in
+  // --trace-deopt), and the 2,000 or so streams after it ran partly unoptimised again
+  // (docs/BENCHMARKS.md, "What is measured"). The idle reading is the warmed process as it is.
   await sleep(200);
   await server.stall(); // from here on
   const idle = memory(server.pid).rss;
@@ -325,6 +329,8 @@ async function measureOnce(
   if (v.memoryProbe) {
     // Live memory per open stream: longer streams, so all are open together; when 98% of them
     // have had their first token (or the first one ends), collect garbage, read RSS and JS heap.
+    // Its collections come after the measured run; they still deoptimise what the next run in
+    // this process runs, and the slow scenario's warm-up (1000 streams of 5 tokens) is short.
     const p = v.memoryProbe;
     await server.gc();
     await sleep(200);

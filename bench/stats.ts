@@ -36,7 +36,7 @@ export interface Measurement {
   generatorCpuUs: number;
   /** Busy CPU on the machine not spent by the bench's own processes, µs. */
   foreignCpuUs: number;
-  /** Per round: RSS before the run (after a forced GC) and its peak during the run. */
+  /** Per round: RSS before the run (after its warm-up, no forced GC) and its peak during it. */
   idleRss: number[];
   peakRss: number[];
   peakOpen: number[];
