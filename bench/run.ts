@@ -228,16 +228,9 @@ async function probe(target: Target, server: Child): Promise<boolean> {
   return r.results[0]!.status !== 404 && r.results[0]!.status !== 405;
 }
 
-/** One measured run of one target: warm-up, then the load with /proc readings around it. */
-async function measureOnce(
-  m: Measurement,
-  stack: Stack,
-  server: Child,
-  target: Target,
-  v: Variant,
-  tag: string,
-): Promise<void> {
-  const load = (jobs: Job[], concurrency: number, hooks: Partial<LoadOptions> = {}) =>
+/** Runs of jobs against `server`, as `target` speaks to it, with the variant's time limit. */
+function loader(server: Child, target: Target, v: Variant) {
+  return (jobs: Job[], concurrency: number, hooks: Partial<LoadOptions> = {}) =>
     runLoad({
       host: '127.0.0.1',
       port: server.port,
@@ -247,6 +240,97 @@ async function measureOnce(
       timeoutMs: v.timeoutMs,
       ...hooks,
     });
+}
+
+/**
+ * Live memory per open stream (a variant with a memoryProbe), one reading per round and target,
+ * on servers of their own: the probe's collections, with no stream open, throw away optimised
+ * code (see measureOnce), and a slow round measured after one set its 1000 streams up 100-250 ms
+ * later (scratch harness); on the measured servers, after minutes without a collection, the
+ * idle RSS read after the first collection stood above the RSS with the streams open.
+ * Per server and round: the variant's warm-up, then longer streams, so all are open together;
+ * when 98% of them have had their first token (or the first one ends), collect garbage, read
+ * RSS and JS heap, against the same read idle, after a collection, just before.
+ */
+async function probeMemory(
+  ms: ReadonlyMap<string, Measurement>,
+  live: Target[],
+  v: Variant,
+  opts: Options,
+): Promise<void> {
+  const p = v.memoryProbe!;
+  const stack = await startStack(opts, new Set(live.map((t) => t.server)));
+  try {
+    for (let round = 0; round < opts.rounds; round++) {
+      const order = round % 2 === 0 ? live : [...live].reverse();
+      for (const target of order) {
+        const m = ms.get(target.key)!;
+        const server = serverFor(stack, target);
+        const load = loader(server, target, v);
+        const tag = `${v.key} r${round}`;
+        const w = v.warmup;
+        // The measured run's warm-up and then the run itself, unmeasured: a fresh process's
+        // heap (its young generation most) grows under that load, and an RSS reading taken
+        // before it has grown counts the growth against the probe's streams.
+        await load(
+          makeJobs(target, `${tag} memory warmup`, w.streams, w.tokens, w.directives),
+          w.concurrency,
+        );
+        await load(
+          makeJobs(target, `${tag} memory run`, v.streams, v.tokens, v.directives),
+          v.concurrency,
+        );
+        const drops0 = listenDrops();
+        await server.gc();
+        await sleep(200);
+        const idleRss = memory(server.pid).rss;
+        const idleHeap = await server.heap();
+        let firsts = 0;
+        let ended = 0;
+        let probe: Promise<void> | undefined;
+        const snap = () => {
+          if (probe) return;
+          const open = firsts - ended;
+          probe = server.gc().then(async () => {
+            m.probe.push({
+              open,
+              idleRss,
+              rss: memory(server.pid).rss,
+              idleHeap,
+              heap: await server.heap(),
+            });
+          });
+        };
+        const probeJobs = makeJobs(target, `${tag} memory`, v.streams, p.tokens, p.directives);
+        const r = await load(probeJobs, v.concurrency, {
+          onFirstToken: () => {
+            if (++firsts >= Math.ceil(probeJobs.length * 0.98)) snap();
+          },
+          onProgress: () => {
+            ended++;
+            snap();
+          },
+        });
+        await probe;
+        addProbeResults(m, r.results);
+        m.listenDrops += listenDrops() - drops0;
+      }
+    }
+  } finally {
+    await stopStack(stack);
+  }
+}
+
+/** One measured run of one target: warm-up, then the load with /proc readings around it. */
+async function measureOnce(
+  m: Measurement,
+  stack: Stack,
+  server: Child,
+  target: Target,
+  v: Variant,
+  tag: string,
+): Promise<void> {
+  const load = loader(server, target, v);
   const w = v.warmup;
   await load(makeJobs(target, `${tag} warmup`, w.streams, w.tokens, w.directives), w.concurrency);
   const jobs = makeJobs(target, tag, v.streams, v.tokens, v.directives);
@@ -326,45 +410,6 @@ async function measureOnce(
   m.peakRss.push(peak);
   m.peakOpen.push(result.peakOpen);
 
-  if (v.memoryProbe) {
-    // Live memory per open stream: longer streams, so all are open together; when 98% of them
-    // have had their first token (or the first one ends), collect garbage, read RSS and JS heap.
-    // Its collections come after the measured run; they still deoptimise what the next run in
-    // this process runs, and the slow scenario's warm-up (1000 streams of 5 tokens) is short.
-    const p = v.memoryProbe;
-    await server.gc();
-    await sleep(200);
-    const idleRss = memory(server.pid).rss;
-    const idleHeap = await server.heap();
-    let firsts = 0;
-    let ended = 0;
-    let probe: Promise<void> | undefined;
-    const snap = () => {
-      if (probe) return;
-      const open = firsts - ended;
-      probe = server.gc().then(async () => {
-        m.probe.push({
-          open,
-          idleRss,
-          rss: memory(server.pid).rss,
-          idleHeap,
-          heap: await server.heap(),
-        });
-      });
-    };
-    const probeJobs = makeJobs(target, `${tag} memory`, v.streams, p.tokens, p.directives);
-    const r = await load(probeJobs, v.concurrency, {
-      onFirstToken: () => {
-        if (++firsts >= Math.ceil(probeJobs.length * 0.98)) snap();
-      },
-      onProgress: () => {
-        ended++;
-        snap();
-      },
-    });
-    await probe;
-    addProbeResults(m, r.results);
-  }
   m.listenDrops += listenDrops() - drops0;
 }
 
@@ -480,6 +525,7 @@ async function runScenario(
           await measureOnce(ms.get(t.key)!, stack, serverFor(stack, t), t, v, `${v.key} r${round}`);
         }
       }
+      if (v.memoryProbe) await probeMemory(ms, live, v, opts);
       const base = ms.get('baseline');
       for (const t of live) printMeasurement(ms.get(t.key)!, base);
       out.push(...ms.values());
