@@ -242,15 +242,18 @@ function loader(server: Child, target: Target, v: Variant) {
     });
 }
 
+/** The targets in round `round`'s order: alternating, so drift does not favour one side. */
+function roundOrder(live: Target[], round: number): Target[] {
+  return round % 2 === 0 ? live : [...live].reverse();
+}
+
 /**
  * Live memory per open stream (a variant with a memoryProbe), one reading per round and target,
- * on servers of their own: the probe's collections, with no stream open, throw away optimised
- * code (see measureOnce), and a slow round measured after one set its 1000 streams up 100-250 ms
- * later (scratch harness); on the measured servers, after minutes without a collection, the
- * idle RSS read after the first collection stood above the RSS with the streams open.
- * Per server and round: the variant's warm-up, then longer streams, so all are open together;
- * when 98% of them have had their first token (or the first one ends), collect garbage, read
- * RSS and JS heap, against the same read idle, after a collection, just before.
+ * on servers started for it after the measured rounds. Not on the measured servers: the probe's
+ * collections, with no stream open, throw away optimised code (see measureOnce), and a slow
+ * round measured after one set its 1000 streams up 100-250 ms later (scratch harness); and
+ * after minutes without a collection there, the idle RSS read after the first collection stood
+ * above the RSS with the streams open.
  */
 async function probeMemory(
   ms: ReadonlyMap<string, Measurement>,
@@ -258,67 +261,77 @@ async function probeMemory(
   v: Variant,
   opts: Options,
 ): Promise<void> {
-  const p = v.memoryProbe!;
   const stack = await startStack(opts, new Set(live.map((t) => t.server)));
   try {
     for (let round = 0; round < opts.rounds; round++) {
-      const order = round % 2 === 0 ? live : [...live].reverse();
-      for (const target of order) {
-        const m = ms.get(target.key)!;
-        const server = serverFor(stack, target);
-        const load = loader(server, target, v);
-        const tag = `${v.key} r${round}`;
-        const w = v.warmup;
-        // The measured run's warm-up and then the run itself, unmeasured: a fresh process's
-        // heap (its young generation most) grows under that load, and an RSS reading taken
-        // before it has grown counts the growth against the probe's streams.
-        await load(
-          makeJobs(target, `${tag} memory warmup`, w.streams, w.tokens, w.directives),
-          w.concurrency,
-        );
-        await load(
-          makeJobs(target, `${tag} memory run`, v.streams, v.tokens, v.directives),
-          v.concurrency,
-        );
-        const drops0 = listenDrops();
-        await server.gc();
-        await sleep(200);
-        const idleRss = memory(server.pid).rss;
-        const idleHeap = await server.heap();
-        let firsts = 0;
-        let ended = 0;
-        let probe: Promise<void> | undefined;
-        const snap = () => {
-          if (probe) return;
-          const open = firsts - ended;
-          probe = server.gc().then(async () => {
-            m.probe.push({
-              open,
-              idleRss,
-              rss: memory(server.pid).rss,
-              idleHeap,
-              heap: await server.heap(),
-            });
-          });
-        };
-        const probeJobs = makeJobs(target, `${tag} memory`, v.streams, p.tokens, p.directives);
-        const r = await load(probeJobs, v.concurrency, {
-          onFirstToken: () => {
-            if (++firsts >= Math.ceil(probeJobs.length * 0.98)) snap();
-          },
-          onProgress: () => {
-            ended++;
-            snap();
-          },
-        });
-        await probe;
-        addProbeResults(m, r.results);
-        m.listenDrops += listenDrops() - drops0;
+      for (const t of roundOrder(live, round)) {
+        await probeOnce(ms.get(t.key)!, serverFor(stack, t), t, v, `${v.key} r${round}`);
       }
     }
   } finally {
     await stopStack(stack);
   }
+}
+
+/**
+ * One probe: the variant's warm-up and its measured load, unmeasured (a fresh process's heap,
+ * its young generation most, grows under that load; read before, the growth counted against
+ * the probe's streams), then longer streams, so all are open together; when 98% of them have
+ * had their first token (or the first one ends), collect garbage and read RSS and JS heap,
+ * against the same read idle, after a collection, just before.
+ */
+async function probeOnce(
+  m: Measurement,
+  server: Child,
+  target: Target,
+  v: Variant,
+  tag: string,
+): Promise<void> {
+  const p = v.memoryProbe!;
+  const load = loader(server, target, v);
+  const w = v.warmup;
+  await load(
+    makeJobs(target, `${tag} memory warmup`, w.streams, w.tokens, w.directives),
+    w.concurrency,
+  );
+  await load(
+    makeJobs(target, `${tag} memory run`, v.streams, v.tokens, v.directives),
+    v.concurrency,
+  );
+  const drops0 = listenDrops();
+  await server.gc();
+  await sleep(200);
+  const idleRss = memory(server.pid).rss;
+  const idleHeap = await server.heap();
+  let firsts = 0;
+  let ended = 0;
+  let probe: Promise<void> | undefined;
+  const snap = () => {
+    if (probe) return;
+    const open = firsts - ended;
+    probe = server.gc().then(async () => {
+      m.probe.push({
+        open,
+        idleRss,
+        rss: memory(server.pid).rss,
+        idleHeap,
+        heap: await server.heap(),
+      });
+    });
+  };
+  const probeJobs = makeJobs(target, `${tag} memory`, v.streams, p.tokens, p.directives);
+  const r = await load(probeJobs, v.concurrency, {
+    onFirstToken: () => {
+      if (++firsts >= Math.ceil(probeJobs.length * 0.98)) snap();
+    },
+    onProgress: () => {
+      ended++;
+      snap();
+    },
+  });
+  await probe;
+  addProbeResults(m, r.results);
+  m.listenDrops += listenDrops() - drops0;
 }
 
 /** One measured run of one target: warm-up, then the load with /proc readings around it. */
@@ -342,7 +355,8 @@ async function measureOnce(
   // collection while no stream is open lets V8 throw away optimised code of the per-request
   // path (in the proxy about 150 functions, Node's http and streams and ours: "weak objects" in
   // --trace-deopt), and the 2,000 or so streams after it ran partly unoptimised again
-  // (docs/BENCHMARKS.md, "What is measured"). The idle reading is the warmed process as it is.
+  // (docs/BENCHMARKS.md, "What is measured"). The idle reading is the warmed process as it is,
+  // once the warm-up's connections have closed.
   await sleep(200);
   await server.stall(); // from here on
   const idle = memory(server.pid).rss;
@@ -519,9 +533,7 @@ async function runScenario(
         live.map((t) => [t.key, emptyMeasurement(sc.key, v.key, v.label, t.key)] as const),
       );
       for (let round = 0; round < opts.rounds; round++) {
-        // Alternate the order, so drift (other load, heap growth) does not favour one side.
-        const order = round % 2 === 0 ? live : [...live].reverse();
-        for (const t of order) {
+        for (const t of roundOrder(live, round)) {
           await measureOnce(ms.get(t.key)!, stack, serverFor(stack, t), t, v, `${v.key} r${round}`);
         }
       }
