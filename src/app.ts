@@ -227,13 +227,17 @@ export function metricsHandler(metrics: Metrics) {
  * requests in flight, for the shutdown (requestsAnswered).
  */
 function countRequests(metrics: Metrics, inFlight: Set<Response>): RequestHandler {
-  return (req, res, next) => {
+  // One listener for every response (it is called with the response as `this`), not a closure
+  // over each request kept for its length.
+  function ended(this: Response): void {
+    inFlight.delete(this);
+    const req = this.req;
+    const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'other';
+    metrics.requests.inc({ route, method: req.method, status: String(this.statusCode) });
+  }
+  return (_req, res, next) => {
     inFlight.add(res);
-    onResponseClose(res, () => {
-      inFlight.delete(res);
-      const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'other';
-      metrics.requests.inc({ route, method: req.method, status: String(res.statusCode) });
-    });
+    onResponseClose(res, ended);
     next();
   };
 }

@@ -12,7 +12,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Express } from 'express';
 import { flattenHead, HEADERS_NOT_READ_BACK } from './flat';
-import { answerClientError } from './middleware/errors';
+import { answerClientError, RESPONSE_WATCHER, type ResponseWatcher } from './middleware/errors';
 
 export interface RequestClasses {
   IncomingMessage: typeof http.IncomingMessage;
@@ -38,6 +38,8 @@ export function bindRequestClasses(app: Express): RequestClasses {
     // stream's headers back once they are sent (flat.ts). Not on the prototype: an app mounted
     // in another server gets this prototype too (Express sets it), and there someone may.
     readonly [HEADERS_NOT_READ_BACK] = true;
+    // A field from the start, so a stream's watchResponse() changes no hidden class.
+    [RESPONSE_WATCHER]: ResponseWatcher | undefined = undefined;
   }
   (ProxyResponse.prototype as { writeHead: unknown }).writeHead = writeHeadFlat;
   adopt(ProxyRequest.prototype, app.request as object, app);

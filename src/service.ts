@@ -6,7 +6,12 @@ import type { Config } from './config';
 import { ProxyError, secretRedactor } from './errors';
 import type { Logger } from './log';
 import type { Metrics } from './metrics';
-import { ChatStream, type EngineSettings, type StreamListener } from './stream/chat-stream';
+import {
+  ChatStream,
+  type EngineSettings,
+  type RunEnd,
+  type StreamListener,
+} from './stream/chat-stream';
 import type { UpstreamClient } from './upstream/client';
 import type { UpstreamBody } from './upstream/request';
 
@@ -48,7 +53,7 @@ export function engineSettings(c: Config): EngineSettings {
   };
 }
 
-export class ChatService {
+export class ChatService implements RunEnd<StreamMeta> {
   readonly active = new Set<ChatStream>();
   private readonly handoffs = new Map<ChatStream, StreamMeta>();
   draining = false;
@@ -112,10 +117,8 @@ export class ChatService {
     this.active.add(stream);
     this.metrics?.activeStreams.inc();
     if (meta.handoff) this.handoffs.set(stream, meta);
-    let running: Promise<void>;
     try {
       bind(stream);
-      running = stream.run();
     } catch (err) {
       stream.stats.outcome = 'failed';
       stream.stats.errorCode = 'internal_error';
@@ -127,12 +130,15 @@ export class ChatService {
       this.settled(stream, meta, [e]);
       return Promise.resolve();
     }
-    // Forgotten however run() settles: a listener that throws from fail() makes it reject. What
-    // runs after it (the log line, the meta's end hook) may throw too: the same bug path.
-    return running.then(
-      () => this.settled(stream, meta, []),
-      (err: unknown) => this.settled(stream, meta, [err]),
-    );
+    // Forgotten however run() ends (runEnded): a listener that throws from fail() makes it
+    // reject. What runs after it (the log line, the meta's end hook) may throw too: the same bug
+    // path.
+    return stream.run(this, meta);
+  }
+
+  /** The engine's: the stream's run() ended; `bugs` is what escaped it. */
+  runEnded(stream: ChatStream, meta: StreamMeta, bugs: unknown[]): void {
+    this.settled(stream, meta, bugs);
   }
 
   /**

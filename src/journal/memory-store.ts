@@ -32,8 +32,15 @@ interface Entry {
   bytes: number;
   /** When a stream that is no longer live may be dropped (set as it stops being live). */
   expiresAt: number;
-  subscribers: Set<Sub>;
+  /**
+   * Made by the first subscribe: most streams never have one, and an empty Set is about 190 B
+   * (kept for the stream's length and its TTL after).
+   */
+  subscribers: Set<Sub> | undefined;
 }
+
+/** What a stream without followers iterates. */
+const NO_SUBS: ReadonlySet<Sub> = new Set();
 
 /** Events per joined block: joined on the append that fills one. */
 const BLOCK = 32;
@@ -97,7 +104,7 @@ export class MemoryJournalStore implements JournalStore {
       open: [],
       bytes: 0,
       expiresAt: Date.now() + this.limits.ttlMs,
-      subscribers: new Set(),
+      subscribers: undefined,
     });
     return { created: true as const };
   }
@@ -142,7 +149,7 @@ export class MemoryJournalStore implements JournalStore {
     this.totalBytes += bytes;
     // Nothing here for the TTL: a live stream never expires, and its TTL counts from when it
     // stops being live (finish, handoff), not from its last event. Nor for lastSeq (metaOf).
-    if (e.subscribers.size > 0) this.notify(e, events);
+    if (e.subscribers !== undefined && e.subscribers.size > 0) this.notify(e.subscribers, events);
     if (this.totalBytes > this.limits.maxBytesTotal) this.evict(id);
     return true;
   }
@@ -155,7 +162,7 @@ export class MemoryJournalStore implements JournalStore {
     }
     e.meta.state = state;
     e.expiresAt = Date.now() + this.limits.ttlMs;
-    for (const s of e.subscribers) this.endSub(e, s);
+    for (const s of e.subscribers ?? NO_SUBS) this.endSub(e, s);
   }
 
   async read(id: string, afterSeq: number): Promise<JournalEvent[]> {
@@ -204,17 +211,17 @@ export class MemoryJournalStore implements JournalStore {
       handlers.end();
       return { close() {} };
     }
-    e.subscribers.add(sub);
+    (e.subscribers ??= new Set()).add(sub);
     return {
       close: () => {
         sub.closed = true;
-        e.subscribers.delete(sub);
+        e.subscribers?.delete(sub);
       },
     };
   }
 
   async followers(id: string): Promise<number> {
-    return this.streams.get(id)?.subscribers.size ?? 0;
+    return this.streams.get(id)?.subscribers?.size ?? 0;
   }
 
   async ping(): Promise<boolean> {
@@ -223,14 +230,16 @@ export class MemoryJournalStore implements JournalStore {
 
   async shutdown(): Promise<void> {
     clearInterval(this.sweeper);
-    for (const e of this.streams.values()) for (const s of e.subscribers) this.endSub(e, s);
+    for (const e of this.streams.values()) {
+      for (const s of e.subscribers ?? NO_SUBS) this.endSub(e, s);
+    }
     this.streams.clear();
     this.orphans.clear();
     this.totalBytes = 0;
   }
 
-  private notify(e: Entry, events: JournalEvent[]): void {
-    for (const s of e.subscribers) {
+  private notify(subscribers: Set<Sub>, events: JournalEvent[]): void {
+    for (const s of subscribers) {
       for (const ev of events) {
         if (s.closed) break;
         if (ev.seq > s.afterSeq) {
@@ -247,11 +256,11 @@ export class MemoryJournalStore implements JournalStore {
    */
   private overflow(e: Entry): void {
     e.meta.overflow = true;
-    for (const s of e.subscribers) this.endSub(e, s);
+    for (const s of e.subscribers ?? NO_SUBS) this.endSub(e, s);
   }
 
   private endSub(e: Entry, s: Sub): void {
-    e.subscribers.delete(s);
+    e.subscribers?.delete(s);
     if (!s.closed) {
       s.closed = true;
       s.handlers.end();
@@ -291,7 +300,7 @@ export class MemoryJournalStore implements JournalStore {
   private drop(id: string, e: Entry): void {
     this.streams.delete(id);
     this.totalBytes -= e.bytes;
-    for (const s of e.subscribers) this.endSub(e, s);
+    for (const s of e.subscribers ?? NO_SUBS) this.endSub(e, s);
   }
 
   /**

@@ -123,9 +123,13 @@ export function clientGone(res: http.ServerResponse): boolean {
  * would stay open forever (its heartbeat writing into a buffer nobody reads), and a stream
  * answering it would run (and be billed) for nobody, its slot held. So the response is destroyed
  * first, and every check of `res.destroyed` and clientGone() sees it. For a queued response,
- * `listener` is called at most once.
+ * `listener` is called at most once. It is called with the response as `this`, as Node calls a
+ * 'close' listener: one function can serve every response.
  */
-export function onResponseClose(res: http.ServerResponse, listener: () => void): void {
+export function onResponseClose<R extends http.ServerResponse>(
+  res: R,
+  listener: (this: R) => void,
+): void {
   if (res.socket !== null || res.writableFinished) {
     res.on('close', listener);
     return;
@@ -135,7 +139,7 @@ export function onResponseClose(res: http.ServerResponse, listener: () => void):
     if (fired) return;
     fired = true;
     forget();
-    listener();
+    listener.call(res);
   };
   const forget = whenConnectionCloses(res.req.socket, () => {
     if (!res.destroyed) res.destroy();
@@ -144,6 +148,38 @@ export function onResponseClose(res: http.ServerResponse, listener: () => void):
   res.on('close', once);
   // Its turn came: from here on, the response's own 'close' says it.
   res.once('socket', forget);
+}
+
+/** A stream's hold on its response: told of the response's 'drain', and of its end unfinished. */
+export interface ResponseWatcher {
+  /** The client's buffer drained: the upstream may be read again. */
+  drained(): void;
+  /** The response closed before it was finished: the client left. */
+  left(): void;
+}
+
+/** Where watchResponse() keeps a response's watcher (a field of ProxyResponse, http-server.ts). */
+export const RESPONSE_WATCHER = Symbol('response watcher');
+
+type Watched = http.ServerResponse & { [RESPONSE_WATCHER]?: ResponseWatcher };
+
+/**
+ * `watcher` on the response's 'drain' and unfinished 'close' (as onResponseClose). The listeners
+ * are two functions shared by every response, the watcher kept on the response: no closure and
+ * context per stream for its length.
+ */
+export function watchResponse(res: http.ServerResponse, watcher: ResponseWatcher): void {
+  (res as Watched)[RESPONSE_WATCHER] = watcher;
+  res.on('drain', watcherDrained);
+  onResponseClose(res as Watched, watcherClosed);
+}
+
+function watcherDrained(this: Watched): void {
+  this[RESPONSE_WATCHER]?.drained();
+}
+
+function watcherClosed(this: Watched): void {
+  if (!this.writableFinished) this[RESPONSE_WATCHER]?.left();
 }
 
 /** What waits on each connection's close (one listener per connection, however many queue). */

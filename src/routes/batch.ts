@@ -132,9 +132,11 @@ export function batchRouter(
     // Heartbeats while no prompt sends anything: a `: ping` comment in SSE, a `{"type":"ping"}`
     // line in NDJSON (which has no comments), as on /chat-stream.
     let bytesOut = 0;
-    const heartbeat = new Heartbeat(res, config.heartbeatMs, () => {
-      bytesOut += format.ping.length;
-      res.write(format.ping);
+    const heartbeat = new Heartbeat(res, config.heartbeatMs, {
+      ping: () => {
+        bytesOut += format.ping.length;
+        res.write(format.ping);
+      },
     });
     const write = (text: string): boolean => {
       if (res.destroyed) return true;

@@ -17,7 +17,9 @@ import {
   onResponseClose,
   failStarted,
   releaseNext,
+  watchResponse,
   type ErrorHandler,
+  type ResponseWatcher,
 } from '../middleware/errors';
 import { isSaneRequestId } from '../middleware/request-id';
 import type { ChatService, StreamMeta as RunMeta } from '../service';
@@ -426,7 +428,7 @@ export function chatStreamRouter(
  * options, the service's log fields and handoff, the response's drain and close. Kept for each
  * open stream: one object with methods, not a dozen closures, their contexts and two objects.
  */
-class NewStream implements RecorderOptions, RunMeta {
+class NewStream implements RecorderOptions, RunMeta, ResponseWatcher {
   readonly route = '/chat-stream';
   readonly format: string;
   readonly model: string;
@@ -490,20 +492,21 @@ class NewStream implements RecorderOptions, RunMeta {
   /** The engine's stream exists: the response's drain and close reach it. */
   started(stream: ChatStream): void {
     this.stream = stream;
-    const res = this.res;
-    res.on('drain', () => stream.resume());
-    onResponseClose(res, () => {
-      if (!res.writableFinished) this.left();
-    });
+    watchResponse(this.res, this);
     // It may have left already, while the journal claim was awaited.
-    if (clientGone(res)) this.left();
+    if (clientGone(this.res)) this.left();
+  }
+
+  /** The response's: the client's buffer drained. */
+  drained(): void {
+    this.stream?.resume();
   }
 
   /**
    * The client left before the end: generation goes on into the journal for the grace period,
    * then stops unless someone resumed.
    */
-  private left(): void {
+  left(): void {
     this.stream?.resume();
     // A client that never saw this stream's id (its own X-Request-ID, or the head that carries
     // ours) can never come back for it: stop now, not after the grace. A response pipelined

@@ -13,13 +13,14 @@ import { ProxyError, openAiErrorBody } from '../errors';
 import {
   clientGone,
   methodNotAllowed,
-  onResponseClose,
   failStarted,
   releaseNext,
+  watchResponse,
   type ErrorHandler,
+  type ResponseWatcher,
 } from '../middleware/errors';
 import type { ChatService, StreamMeta } from '../service';
-import type { StreamListener } from '../stream/chat-stream';
+import type { ChatStream, StreamListener } from '../stream/chat-stream';
 import type { Usage } from '../stream/interpreter';
 import { resolveModel } from '../upstream/deepseek';
 import type { UpstreamBody } from '../upstream/request';
@@ -65,24 +66,15 @@ export function openAiRouter(
       ? new OpenAiStreamSink(res, requestId, config.heartbeatMs)
       : new OpenAiAggregateSink(res, requestId);
     body.stream = true; // non-stream answers are assembled from the stream
-    void service.run(
-      body,
+    const meta = new V1Meta(
+      requestId,
+      stream ? 'openai-sse' : 'openai-json',
+      String(req.body.model ?? config.defaultModel),
       listener,
-      new V1Meta(
-        requestId,
-        stream ? 'openai-sse' : 'openai-json',
-        String(req.body.model ?? config.defaultModel),
-        listener,
-        res,
-        onError,
-      ),
-      (s) => {
-        res.on('drain', () => s.resume());
-        onResponseClose(res, () => {
-          if (!res.writableFinished) s.abort();
-        });
-      },
+      res,
+      onError,
     );
+    void service.run(body, listener, meta, (s) => meta.started(s));
     // Not returned to Express: a promise pending for the stream's length kept its `next`. It
     // never rejects: a failure goes to V1Meta.failed.
     releaseNext(req);
@@ -91,9 +83,13 @@ export function openAiRouter(
   return router;
 }
 
-/** A /v1 stream's log fields: an object with methods, not closures kept for the stream's life. */
-class V1Meta implements StreamMeta {
+/**
+ * A /v1 stream's log fields and its hold on the response: an object with methods, not closures
+ * kept for the stream's life.
+ */
+class V1Meta implements StreamMeta, ResponseWatcher {
   readonly route = '/v1/chat/completions';
+  private stream: ChatStream | undefined = undefined;
   constructor(
     readonly requestId: string,
     readonly format: string,
@@ -102,6 +98,21 @@ class V1Meta implements StreamMeta {
     private readonly res: Response,
     private readonly onError: ErrorHandler | undefined,
   ) {}
+
+  /** The engine's stream exists: the response's drain and close reach it. */
+  started(stream: ChatStream): void {
+    this.stream = stream;
+    watchResponse(this.res, this);
+  }
+
+  drained(): void {
+    this.stream?.resume();
+  }
+
+  /** The client left: nothing is journaled for /v1, so the upstream stops now. */
+  left(): void {
+    this.stream?.abort();
+  }
 
   failed(err: unknown): void {
     failStarted(this.res, err, this.onError);
@@ -230,11 +241,13 @@ class OpenAiStreamSink implements StreamListener {
     });
     // The head goes out with the first flush (the first chunks, or a short hold): one write, not two.
     // SSE clients (the openai package, the AI SDK) skip comment lines.
-    this.heartbeat = new Heartbeat(this.res, this.heartbeatMs, () => {
-      this.bytesOut += PING.length;
-      this.res.write(PING);
-      if (this.headPending) this.headWentOut();
-    });
+    this.heartbeat = new Heartbeat(this.res, this.heartbeatMs, this);
+  }
+  /** The heartbeat's: nothing was written for a while. */
+  ping(): void {
+    this.bytesOut += PING.length;
+    this.res.write(PING);
+    if (this.headPending) this.headWentOut();
   }
   /** A chunk that came as text (not on the byte path): possibly several `data:` lines. */
   chunk(data: string): void {

@@ -63,6 +63,12 @@ export interface StreamListener {
   fail(err: ProxyError, opened: boolean): void;
 }
 
+/** Told by run() how the stream's run ended, before run()'s promise settles. */
+export interface RunEnd<T> {
+  /** `bugs`: what escaped run() (a listener's fail() threw), or nothing. May throw. */
+  runEnded(stream: ChatStream, tag: T, bugs: unknown[]): void;
+}
+
 export interface EngineSettings {
   retryMax: number;
   retryBaseDelayMs: number;
@@ -280,69 +286,77 @@ export class ChatStream implements DeltaSink {
     };
   }
 
-  /** Run to the end. Never rejects: every failure goes to the listener. */
-  async run(): Promise<void> {
-    const total = setTimeout(
-      () =>
-        this.stop(
-          this.timeoutError('stream_duration_exceeded', 'total', this.s.streamMaxDurationMs),
-        ),
-      this.s.streamMaxDurationMs,
-    );
-    total.unref();
-    // One async function for the whole stream (the attempts, retries and continuations): each
-    // one suspended for a stream's length is a generator, its registers and promises kept.
+  /**
+   * Run to the end; every failure goes to the listener. Rejects only on a bug in the listener
+   * (its fail() threw), or when `end` throws. `end`, when given, is told here, before the promise
+   * settles, with `tag` and what escaped (nothing, or that bug): a caller's `.then(ok, err)` kept
+   * a derived promise, its reaction and two closures for each open stream.
+   */
+  async run<T>(end?: RunEnd<T>, tag?: T): Promise<void> {
+    let escaped: unknown[] | undefined;
     try {
-      let retries = 0;
-      for (;;) {
-        if (this.stopped) return;
-        const result = await this.attempt();
-        if (result.ok) {
-          // The listener was told already, when the attempt settled (complete()).
-          if (this.endError !== undefined) throw this.endError;
-          return;
-        }
-        if (this.stopped) return;
-        const { failure, error } = result;
-        if (!this.sentToken) {
-          // Before the first token nothing reached the client: a retry is invisible.
-          if (isRetryable(failure) && retries < this.s.retryMax) {
-            if (!this.opened) {
-              this.listener.discard?.();
-              this.dirty = false;
-              this.forwardedPreToken = false;
-              // The hold is for one accepted request waiting for its first token (a queue), not
-              // for retries: it starts again at the next attempt's 200.
-              this.clearHead();
+      // A module function given the stream, not a closure: the timer holds this stream only.
+      const total = setTimeout(totalTimeout, this.s.streamMaxDurationMs, this);
+      total.unref();
+      // One async function for the whole stream (the attempts, retries and continuations): each
+      // one suspended for a stream's length is a generator, its registers and promises kept.
+      try {
+        let retries = 0;
+        for (;;) {
+          if (this.stopped) return;
+          const result = await this.attempt();
+          if (result.ok) {
+            // The listener was told already, when the attempt settled (complete()).
+            if (this.endError !== undefined) throw this.endError;
+            return;
+          }
+          if (this.stopped) return;
+          const { failure, error } = result;
+          if (!this.sentToken) {
+            // Before the first token nothing reached the client: a retry is invisible.
+            if (isRetryable(failure) && retries < this.s.retryMax) {
+              if (!this.opened) {
+                this.listener.discard?.();
+                this.dirty = false;
+                this.forwardedPreToken = false;
+                // The hold is for one accepted request waiting for its first token (a queue), not
+                // for retries: it starts again at the next attempt's 200.
+                this.clearHead();
+              }
+              const delay = backoffDelay(retries, this.backoff(), result.headers);
+              retries++;
+              this.stats.retries++;
+              await this.sleep(delay);
+              continue;
             }
-            const delay = backoffDelay(retries, this.backoff(), result.headers);
-            retries++;
-            this.stats.retries++;
-            await this.sleep(delay);
+            this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
+            return;
+          }
+          if (this.canResume(failure)) {
+            // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
+            // honoured; after a broken connection the answer continues at once.
+            if (failure.kind === 'http') {
+              await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
+            }
+            this.stats.resumes++;
             continue;
           }
-          this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
+          this.finishFailed(error);
           return;
         }
-        if (this.canResume(failure)) {
-          // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
-          // honoured; after a broken connection the answer continues at once.
-          if (failure.kind === 'http') {
-            await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
-          }
-          this.stats.resumes++;
-          continue;
-        }
-        this.finishFailed(error);
-        return;
+      } catch (err) {
+        // A bug here must end this stream only, never the process.
+        this.finishFailed(new ProxyError('internal_error', 'internal error', { cause: err }));
+      } finally {
+        clearTimeout(total);
+        this.clearIdle();
+        this.clearHead();
       }
     } catch (err) {
-      // A bug here must end this stream only, never the process.
-      this.finishFailed(new ProxyError('internal_error', 'internal error', { cause: err }));
+      if (end === undefined) throw err;
+      escaped = [err];
     } finally {
-      clearTimeout(total);
-      this.clearIdle();
-      this.clearHead();
+      end?.runEnded(this, tag as T, escaped ?? []);
     }
   }
 
@@ -424,7 +438,7 @@ export class ChatStream implements DeltaSink {
     // The response begins with the first token; failures until then are JSON errors and
     // retries invisible. A long wait (a queue) begins it anyway, from the first 200 on.
     if (!this.opened && this.headTimer === undefined) {
-      this.headTimer = setTimeout(this.beginHead, this.s.headHoldMs);
+      this.headTimer = setTimeout(headHoldTimeout, this.s.headHoldMs, this);
       this.headTimer.unref();
     }
     return this.consume(res.body, controller);
@@ -440,10 +454,11 @@ export class ChatStream implements DeltaSink {
       this.upstreamBody = body;
       this.idleTimer = setTimeout(idleTimeout, this.s.idleTimeoutMs, this);
       this.idleTimer.unref();
-      body.on('data', r.onData);
-      body.on('end', r.onEnd);
-      body.on('error', r.onError);
-      body.on('close', r.onClose);
+      (body as ReadBody)[READING] = r;
+      body.on('data', bodyData);
+      body.on('end', bodyEnd);
+      body.on('error', bodyError);
+      body.on('close', bodyClose);
       if (this.paused) body.pause();
     });
   }
@@ -509,11 +524,12 @@ export class ChatStream implements DeltaSink {
     this.reading = undefined;
     this.clearIdle();
     const body = r.body;
-    body.off('data', r.onData);
-    body.off('end', r.onEnd);
-    body.off('error', r.onError);
-    body.off('close', r.onClose);
+    body.off('data', bodyData);
+    body.off('end', bodyEnd);
+    body.off('error', bodyError);
+    body.off('close', bodyClose);
     body.on('error', noop);
+    (body as ReadBody)[READING] = undefined;
     this.upstreamBody = undefined;
     if (result.ok && this.finishReason !== undefined && !body.readableEnded) {
       body.resume(); // drain what is left (usage, [DONE]) so the socket goes back to the pool
@@ -796,13 +812,18 @@ export class ChatStream implements DeltaSink {
   }
 
   /** No token within headHoldMs of the upstream's 200: the head goes out alone. */
-  private readonly beginHead = (): void => {
+  onHeadHold(): void {
     this.headTimer = undefined;
     if (this.stopped || this.opened) return;
     this.begin();
     this.dirty = false;
     if (!this.listener.flush()) this.pause();
-  };
+  }
+
+  /** The stream's total time limit (streamMaxDurationMs) is up. */
+  onTotalTimeout(): void {
+    this.stop(this.timeoutError('stream_duration_exceeded', 'total', this.s.streamMaxDurationMs));
+  }
 
   private clearHead(): void {
     if (this.headTimer === undefined) return;
@@ -1009,27 +1030,31 @@ const CONNECT_CODES = new Set([
 
 function noop(): void {}
 
+// The engine's timers are given these and the stream, not a closure each (56 B and a context
+// per stream, kept for its length).
 function idleTimeout(stream: ChatStream): void {
   stream.onIdle();
 }
 
+function totalTimeout(stream: ChatStream): void {
+  stream.onTotalTimeout();
+}
+
+function headHoldTimeout(stream: ChatStream): void {
+  stream.onHeadHold();
+}
+
 /**
- * One attempt's upstream body being read: the decoder, its handlers and the body's listeners.
- * An object with methods for each open stream, where closures over the attempt's scope kept
- * that scope and a closure per handler; the listeners hold this object only.
+ * One attempt's upstream body being read: the decoder and its handlers. An object with methods
+ * for each open stream, where closures over the attempt's scope kept that scope and a closure per
+ * handler; the body's listeners (bodyData and the others, below) find it on the body.
  */
 class Reading implements SseDecoderHandlers {
   readonly scan = new ByteScan();
   readonly decoder: Decoder;
-  readonly onData = (buf: Buffer): void => this.engine.read(this, buf);
-  readonly onEnd = (): void => this.engine.readEnded(this, false);
-  readonly onError = (): void => this.engine.readEnded(this, true);
-  readonly onClose = (): void => {
-    if (!this.body.readableEnded) this.engine.readEnded(this, true);
-  };
 
   constructor(
-    private readonly engine: ChatStream,
+    readonly engine: ChatStream,
     readonly body: Readable,
     readonly controller: UpstreamAbort,
     readonly resolve: (r: AttemptResult) => void,
@@ -1050,6 +1075,34 @@ class Reading implements SseDecoderHandlers {
   onDataBytes(buf: Buffer, start: number, end: number): void {
     if (this.engine.reading === this) interpretBytes(buf, start, end, this.scan, this.engine);
   }
+}
+
+/**
+ * The body's listeners: four functions shared by every stream, called with the body as `this`;
+ * the body carries its Reading (set while it is read). Four closures per stream before, kept for
+ * its length.
+ */
+const READING = Symbol('reading');
+type ReadBody = Readable & { [READING]?: Reading };
+
+function bodyData(this: ReadBody, buf: Buffer): void {
+  const r = this[READING]!;
+  r.engine.read(r, buf);
+}
+
+function bodyEnd(this: ReadBody): void {
+  const r = this[READING]!;
+  r.engine.readEnded(r, false);
+}
+
+function bodyError(this: ReadBody): void {
+  const r = this[READING]!;
+  r.engine.readEnded(r, true);
+}
+
+function bodyClose(this: ReadBody): void {
+  const r = this[READING]!;
+  if (!this.readableEnded) r.engine.readEnded(r, true);
 }
 
 function isHighSurrogate(code: number): boolean {

@@ -45,13 +45,21 @@ export interface UpstreamClient {
 export class UpstreamAbort {
   reason: unknown = undefined;
   aborted = false;
-  /** Set by the client while the request is in flight. */
+  /**
+   * Set by the client while the request is in flight: the request, destroyed on abort. A field,
+   * not a closure over it (a closure and its context per open stream).
+   */
+  request: { destroy(err: Error): unknown } | undefined = undefined;
+  /** Or a callback, for a client that has no such request (a test's fake). */
   onAbort: (() => void) | undefined = undefined;
 
   abort(reason: unknown): void {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
+    const req = this.request;
+    this.request = undefined;
+    req?.destroy(new UpstreamAbortedError());
     const f = this.onAbort;
     this.onAbort = undefined;
     f?.();
@@ -85,17 +93,12 @@ const KEPT_DEFAULTS = new Set([
   'transformResponse',
 ]);
 
-// The two closures below outlive the request's set-up (the abort handle lives as long as the
-// stream, the socket's listener until it connects or closes), so they are made here, where they
-// hold only what they use: made inside the adapter, each kept its whole scope alive, axios's
-// config and the promise's resolve with its response included.
+// The closure below outlives the request's set-up (the socket's listener until it connects or
+// closes), so it is made here, where it holds only what it uses: made inside the adapter, it
+// kept its whole scope alive, axios's config and the promise's resolve with its response
+// included.
 
 function ignore(): void {}
-
-/** The abort handle's callback: destroy the request. */
-function destroyer(req: http.ClientRequest): () => void {
-  return () => req.destroy(new UpstreamAbortedError());
-}
 
 /** Destroy the request if its fresh socket has not connected within `ms`. */
 function armConnectLimit(
@@ -153,7 +156,7 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
         headers: requestHead(data),
         agent,
       });
-      if (abort) abort.onAbort = destroyer(req);
+      if (abort) abort.request = req;
       req.once('socket', (socket: Socket) => {
         if (socket.connecting) armConnectLimit(req, socket, opts.connectTimeoutMs, https_);
       });

@@ -273,3 +273,61 @@ describe('a stream whose client left while its journal entry was claimed', () =>
     }
   });
 });
+
+describe('what an open stream hangs on its response', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack();
+  });
+  afterAll(async () => {
+    await stack.close();
+  });
+
+  // A closure per stream on the response's 'drain' and 'close' (and on the request metrics'
+  // 'close') was kept, with its context, for the stream's length. The listeners are functions
+  // shared by every response; what they act on is found on the response.
+  it.each(bothRoutes('shared listeners [[tokens=40 delay=50]]'))(
+    '%s: the same listener functions on every response, and they still work',
+    async (path, shape) => {
+      const body = path === '/chat-stream' ? { ...shape, format: 'sse' } : shape;
+      const service = stack.app.service;
+      const run = service.run.bind(service);
+      const responses: http.ServerResponse[] = [];
+      const spy = jest.spyOn(service, 'run').mockImplementation((...args: Parameters<Run>) => {
+        const p = run(...args);
+        responses.push(responseOf(args[1], args[2]));
+        return p;
+      });
+      try {
+        const a = await openStream(stack.url + path, 'POST', body);
+        const b = await openStream(stack.url + path, 'POST', body);
+        expect(responses).toHaveLength(2);
+        const [ra, rb] = responses as [http.ServerResponse, http.ServerResponse];
+        for (const event of ['drain', 'close']) {
+          const la = ra.listeners(event);
+          const lb = rb.listeners(event);
+          expect(la.length).toBeGreaterThan(0);
+          expect(lb).toHaveLength(la.length);
+          expect(la.every((f, i) => f === lb[i])).toBe(true);
+        }
+        // The close still reaches the stream: the first client leaves, its upstream is let go
+        // (for /v1 at once; /chat-stream keeps generating for the resume grace), and the second
+        // stream ends whole.
+        a.req.destroy();
+        b.res.resume();
+        const text = await new Promise<string>((resolve) => {
+          let all = '';
+          b.res.on('data', (c: Buffer) => (all += c.toString()));
+          b.res.on('end', () => resolve(all));
+        });
+        expect(text).toContain(path.startsWith('/v1') ? 'data: [DONE]' : 'event: done');
+        if (path.startsWith('/v1')) {
+          await new Promise((r) => setTimeout(r, 100));
+          expect(service.active.size).toBe(0);
+        }
+      } finally {
+        spy.mockRestore();
+      }
+    },
+  );
+});
