@@ -34,23 +34,85 @@ export function heartbeatTickMs(heartbeatMs: number): number {
   return Math.max(1, Math.floor(heartbeatMs / 2));
 }
 
+/** What a heartbeat ticker ticks: a stream's heartbeat. */
+interface Ticking {
+  tick(): void;
+}
+
+/**
+ * One interval per heartbeat period for all the streams' heartbeats, not one per stream: a
+ * Timeout per stream (about 150 B with its numbers) was kept for each open stream's length.
+ * The interval runs while any stream is on it. A stream joins between two ticks, so its first
+ * tick may come at once: each heartbeat takes a whole period from its first tick before it acts
+ * (the silence before a ping is still between one and two periods, at most HEARTBEAT_MS).
+ */
+class Ticker {
+  private readonly members = new Set<Ticking>();
+  private timer: NodeJS.Timeout | undefined = undefined;
+
+  constructor(private readonly periodMs: number) {}
+
+  add(m: Ticking): void {
+    this.members.add(m);
+    if (this.timer === undefined) {
+      this.timer = setInterval(tickAll, this.periodMs, this);
+      this.timer.unref();
+    }
+  }
+
+  delete(m: Ticking): void {
+    if (!this.members.delete(m) || this.members.size > 0 || this.timer === undefined) return;
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Every member ticks (one may leave, or another join, meanwhile); a throw ends no other's. */
+  tickAll(): void {
+    let threw = false;
+    let first: unknown;
+    for (const m of this.members) {
+      try {
+        m.tick();
+      } catch (err) {
+        if (!threw) first = err;
+        threw = true;
+      }
+    }
+    if (threw) throw first;
+  }
+}
+
+function tickAll(t: Ticker): void {
+  t.tickAll();
+}
+
+/** By period (one HEARTBEAT_MS per app; tests use several). */
+const tickers = new Map<number, Ticker>();
+
+function tickerFor(heartbeatMs: number): Ticker {
+  const period = heartbeatTickMs(heartbeatMs);
+  let t = tickers.get(period);
+  if (t === undefined) tickers.set(period, (t = new Ticker(period)));
+  return t;
+}
+
 /**
  * Keeps a quiet response alive for the formats written outside ResponseSink (batch, `/v1`): at
  * each tick, `owner.ping()` unless something was written since the tick before. A ping counts as
  * a write, so a long silence gets one per HEARTBEAT_MS. Stops by itself once the response is gone.
- * The timer is given this object, not a closure (one less closure and context per open stream).
  */
 export class Heartbeat {
-  private active = false;
-  private readonly timer: NodeJS.Timeout;
+  // True at first: the first tick (which may come at once, see Ticker) only clears it.
+  private active = true;
+  private readonly ticker: Ticker;
 
   constructor(
     private readonly res: ServerResponse,
     heartbeatMs: number,
     private readonly owner: { ping(): void },
   ) {
-    this.timer = setInterval(heartbeatTick, heartbeatTickMs(heartbeatMs), this);
-    this.timer.unref();
+    this.ticker = tickerFor(heartbeatMs);
+    this.ticker.add(this);
   }
 
   tick(): void {
@@ -68,12 +130,8 @@ export class Heartbeat {
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.ticker.delete(this);
   }
-}
-
-function heartbeatTick(h: Heartbeat | ResponseSink): void {
-  h.tick();
 }
 
 export class ResponseSink {
@@ -87,7 +145,9 @@ export class ResponseSink {
   /** open(true) wrote the head into Node's buffer only: the next flush sends it. */
   private headPending = false;
   private wroteSinceTick = false;
-  private heartbeat: NodeJS.Timeout | undefined;
+  private heartbeat: Ticker | undefined;
+  /** The heartbeat's first tick is still to come (see Ticker): it does nothing. */
+  private firstTick = true;
   private closed = false;
   private skip: number;
   /** The last journal event written (replays and follows): the seq after it ends a stream. */
@@ -141,8 +201,8 @@ export class ResponseSink {
       releaseHead(res);
     }
     if (this.frames.ping !== null) {
-      this.heartbeat = setInterval(heartbeatTick, heartbeatTickMs(this.opts.heartbeatMs), this);
-      this.heartbeat.unref();
+      this.heartbeat = tickerFor(this.opts.heartbeatMs);
+      this.heartbeat.add(this);
     }
   }
 
@@ -305,10 +365,17 @@ export class ResponseSink {
     this.res.write(tail);
   }
 
+  /** The heartbeat's. */
   tick(): void {
     if (this.res.destroyed || this.res.writableEnded) {
       // The client went away (or the response ended elsewhere): nothing to keep alive.
       this.close();
+      return;
+    }
+    if (this.firstTick) {
+      // Silence is counted from here: a ping at the next tick if nothing is written meanwhile.
+      this.firstTick = false;
+      this.wroteSinceTick = false;
       return;
     }
     if (this.headPending) {
@@ -326,6 +393,6 @@ export class ResponseSink {
   private close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat?.delete(this);
   }
 }

@@ -19,7 +19,13 @@ export interface RecorderOptions {
 
 export class StreamRecorder implements StreamListener {
   private seq = 0;
-  private batch: JournalEvent[] = [];
+  /**
+   * This turn's events, appended at its end: the first alone, an array from the second on. A
+   * slow stream has one event a turn, and an array for it (its store grows to 17 slots on the
+   * first push) was made and dropped per token, and held across each turn.
+   */
+  private first: JournalEvent | undefined = undefined;
+  private batch: JournalEvent[] | undefined = undefined;
   private batchBytes = 0;
   private client: ResponseSink | undefined;
   private finished = false;
@@ -126,15 +132,18 @@ export class StreamRecorder implements StreamListener {
   }
 
   private record(ev: JournalEvent): void {
-    this.batch.push(ev);
+    if (this.first === undefined) this.first = ev;
+    else if (this.batch === undefined) this.batch = [this.first, ev];
+    else this.batch.push(ev);
     this.batchBytes += ev.data.length + EVENT_OVERHEAD_BYTES;
   }
 
   private flushJournal(): void {
-    if (this.batch.length === 0) return;
-    const events = this.batch;
+    if (this.first === undefined) return;
+    const events = this.batch ?? [this.first];
     const bytes = this.batchBytes;
-    this.batch = [];
+    this.first = undefined;
+    this.batch = undefined;
     this.batchBytes = 0;
     if (!this.store.append(this.id, events, bytes)) {
       // Over the journal budget: the stream can no longer be resumed exactly.

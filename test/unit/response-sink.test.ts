@@ -53,6 +53,43 @@ describe('ResponseSink heartbeat', () => {
     sink.done('{}', 2);
   });
 
+  it('streams share one timer; one that joins late still hears from it within HEARTBEAT_MS', () => {
+    const a = fakeResponse();
+    const b = fakeResponse();
+    const sinkA = new ResponseSink(a.res as unknown as ServerResponse, sseFrames('ra', 100), {
+      requestId: 'ra',
+      heartbeatMs: 1000,
+    });
+    sinkA.open();
+    jest.advanceTimersByTime(499); // B joins 1 ms before the shared timer's tick
+    const sinkB = new ResponseSink(b.res as unknown as ServerResponse, sseFrames('rb', 100), {
+      requestId: 'rb',
+      heartbeatMs: 1000,
+    });
+    sinkB.open();
+    expect(jest.getTimerCount()).toBe(1);
+    const pings = (w: unknown[]) => w.filter((x) => x === ': ping\n\n').length;
+    const bPingAt: number[] = [];
+    for (let t = 500; t <= 3499; t++) {
+      const before = pings(b.writes);
+      jest.advanceTimersByTime(1);
+      if (pings(b.writes) > before) bPingAt.push(t - 499);
+    }
+    // Its first tick came 1 ms after it joined: not a ping (a whole period first), and no more
+    // than HEARTBEAT_MS of silence before the first one.
+    expect(bPingAt[0]).toBeGreaterThan(500);
+    expect(bPingAt[0]).toBeLessThanOrEqual(1000);
+    expect(pings(a.writes)).toBeGreaterThanOrEqual(3);
+    // Both gone: the timer goes too.
+    a.res.destroyed = true;
+    expect(jest.getTimerCount()).toBe(1);
+    b.res.destroyed = true;
+    jest.advanceTimersByTime(500);
+    expect(jest.getTimerCount()).toBe(0);
+    sinkA.done('{}', 1);
+    sinkB.done('{}', 1);
+  });
+
   it('HEAD: the head and no timer', () => {
     const { res, writes } = fakeResponse();
     new ResponseSink(res as unknown as ServerResponse, sseFrames('r2', 100), {
