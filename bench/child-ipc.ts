@@ -1,7 +1,7 @@
 // bench/child-ipc.ts: the small protocol between bench/run.ts and its child processes (simulator,
 // proxy, baseline), over Node's IPC channel. A child says `ready` with its port; the parent may
-// ask it to collect garbage (so an idle RSS reading is not inflated by garbage), for its JS heap
-// use (which part of the RSS is JS objects), to tell the time
+// ask it to collect garbage and tell its JS heap use right after (for the memory probe), to tell
+// the time
 // on its monotonic clock (to cut a --cpu-prof profile to the measured window), for the longest
 // its event loop was blocked since it was last asked (a stall delays every stream it serves), for
 // the connections it accepted since it was last asked and the time from the first to the last
@@ -13,7 +13,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 export type ParentMessage = {
   id: number;
-  cmd: 'gc' | 'now' | 'heap' | 'stall' | 'acceptCount' | 'acceptSpan' | 'exit';
+  cmd: 'gc' | 'now' | 'stall' | 'acceptCount' | 'acceptSpan' | 'exit';
 };
 export type ChildMessage =
   { type: 'ready'; port: number; pid: number } | { type: 'reply'; id: number; value: number };
@@ -40,21 +40,20 @@ export function serveParent(
     const m = raw as ParentMessage;
     switch (m.cmd) {
       case 'gc': {
+        // Live JS objects (V8 heap used) plus memory held outside it by JS objects (Buffers),
+        // read in the same handler as the collection: read on a later message, it counted the
+        // garbage of the event-loop turns in between, with many streams open the relay's
+        // allocation per turn (for the proxy 6-11 KiB per open stream, for the pipe 4-6), not
+        // what a stream keeps (docs/BENCHMARKS.md, "Changes since the 07:18 run").
         const gc = (globalThis as { gc?: () => void }).gc;
         if (gc) {
           gc();
           gc();
         }
-        send({ type: 'reply', id: m.id, value: gc ? 1 : 0 });
+        const u = process.memoryUsage();
+        send({ type: 'reply', id: m.id, value: u.heapUsed + u.external });
         break;
       }
-      case 'heap':
-        // Live JS objects (V8 heap used) plus memory held outside it by JS objects (Buffers).
-        {
-          const u = process.memoryUsage();
-          send({ type: 'reply', id: m.id, value: u.heapUsed + u.external });
-        }
-        break;
       case 'stall':
         // ms; the histogram starts again, so the next answer covers the next run only.
         send({ type: 'reply', id: m.id, value: delay.max / 1e6 });

@@ -13,10 +13,11 @@ export interface Child {
   port: number;
   url: string;
   proc: ChildProcess;
-  /** Run the collector twice (children start with --expose-gc). */
-  gc(): Promise<void>;
-  /** V8 heap used + external memory, bytes. */
-  heap(): Promise<number>;
+  /**
+   * Run the collector twice (children start with --expose-gc), then V8 heap used + external
+   * memory, bytes, read right after it.
+   */
+  gc(): Promise<number>;
   /** The child's monotonic clock, microseconds. */
   now(): Promise<number>;
   /** The longest its event loop was blocked (ms) since the last call. */
@@ -102,10 +103,7 @@ export async function startChild(
     port,
     url: `http://127.0.0.1:${port}`,
     proc,
-    async gc() {
-      await ask('gc');
-    },
-    heap: () => ask('heap'),
+    gc: () => ask('gc'),
     now: () => ask('now'),
     stall: () => ask('stall'),
     async accepts() {

@@ -190,7 +190,12 @@ function results(info: RunInfo): string {
       (t: string) => ratio('slow', t, (d) => d.totalP99, 1.2),
     ],
     [
-      'live memory per open stream (many slow streams)',
+      'live memory per open stream: JS heap (many slow streams)',
+      '<= 1.2x',
+      (t: string) => ratio('slow', t, (d) => d.heapPerStream, 1.2, 'heap'),
+    ],
+    [
+      'live memory per open stream: RSS (many slow streams)',
       '<= 1.2x',
       (t: string) => ratio('slow', t, (d) => d.memPerStream, 1.2, 'mem'),
     ],

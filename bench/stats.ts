@@ -42,7 +42,8 @@ export interface Measurement {
   peakOpen: number[];
   /**
    * Live-memory probes (scenarios with a memoryProbe), one per round: RSS and JS heap (used +
-   * external), each after a forced GC, idle and then with `open` streams open.
+   * external), each after a forced GC (the RSS 200 ms after it), idle and then with `open`
+   * streams open.
    */
   probe: Array<{ open: number; idleRss: number; rss: number; idleHeap: number; heap: number }>;
   /** The probe runs' streams are checked too, but kept apart from the timings and CPU. */
@@ -170,7 +171,11 @@ export interface Derived {
    * idle RSS) / streams open, both after a forced GC. NaN without a memory probe.
    */
   memPerStream: number;
-  /** The same for the JS heap (used + external): the part of memPerStream that is JS objects. */
+  /**
+   * The same for the JS heap (used + external): the part of memPerStream that is JS objects,
+   * read in the same turn as the collection (runs before 2026-11-30 08:40 read it on the next
+   * message, with that turn's garbage).
+   */
   heapPerStream: number;
   probeOpen: number;
   /** (peak RSS during the measured run - idle RSS) / streams open at once, garbage included. */
@@ -202,7 +207,7 @@ export function derive(m: Measurement): Derived {
   };
 }
 
-export type RoundFigure = 'cpu' | 'ttft' | 'ttft99' | 'mem';
+export type RoundFigure = 'cpu' | 'ttft' | 'ttft99' | 'mem' | 'heap';
 
 /**
  * The ratio of `m` to `base` round by round (CPU per token, TTFT p50 or p99, live memory per
@@ -212,6 +217,7 @@ export type RoundFigure = 'cpu' | 'ttft' | 'ttft99' | 'mem';
 export function roundRatios(m: Measurement, base: Measurement, what: RoundFigure): number[] {
   if (what === 'ttft99') return paired(roundP99s(m), roundP99s(base));
   if (what === 'mem') return paired(roundMem(m), roundMem(base));
+  if (what === 'heap') return paired(roundHeap(m), roundHeap(base));
   const a = m.perRound;
   const b = base.perRound;
   if (!a || !b || a.length !== b.length || a.length < 2) return [];
@@ -250,6 +256,11 @@ function roundP99s(m: Measurement): number[] {
 /** Each round's live memory per open stream (one memory probe per round). */
 function roundMem(m: Measurement): number[] {
   return m.probe.map((p) => (p.rss - p.idleRss) / Math.max(1, p.open));
+}
+
+/** Each round's live JS heap per open stream. */
+function roundHeap(m: Measurement): number[] {
+  return m.probe.map((p) => (p.heap - p.idleHeap) / Math.max(1, p.open));
 }
 
 /**

@@ -46,7 +46,7 @@ describe('bench per-round ratios', () => {
         idleRss: 1000,
         rss: 1000 + kib * 100,
         idleHeap: 0,
-        heap: 0,
+        heap: kib * 50,
       }));
       return m;
     };
@@ -59,6 +59,9 @@ describe('bench per-round ratios', () => {
     expect(first).toBeGreaterThan(5); // the tail, in its own round
     expect(second).toBe(1);
     expect(roundRatios(proxy, base, 'mem')).toEqual([1.2, 3]);
+    expect(roundRatios(proxy, base, 'heap')).toEqual([1.2, 3]);
+    proxy.probe[1]!.heap = 1000;
+    expect(roundRatios(proxy, base, 'heap')).toEqual([1.2, 2]);
     // Without per-round counts (older runs): an equal split, only if every stream had a first
     // token; otherwise nothing.
     for (const r of proxy.perRound!) delete r.ttftCount;
