@@ -63,6 +63,11 @@ export interface StreamListener {
   fail(err: ProxyError, opened: boolean): void;
 }
 
+/** afterAttempt(): the stream is over. */
+const NEXT_STOP = -1;
+/** afterAttempt(): the next attempt at once (a wait of 0 ms still waits for a timer). */
+const NEXT_NOW = -2;
+
 /** Told by run() how the stream's run ended, before run()'s promise settles. */
 export interface RunEnd<T> {
   /** `bugs`: what escaped run() (a listener's fail() threw), or nothing. May throw. */
@@ -300,49 +305,13 @@ export class ChatStream implements DeltaSink {
       total.unref();
       // One async function for the whole stream (the attempts, retries and continuations): each
       // one suspended for a stream's length is a generator, its registers and promises kept.
+      // What to do after an attempt is decided in afterAttempt(), so that few registers live here.
       try {
-        let retries = 0;
         for (;;) {
           if (this.stopped) return;
-          const result = await this.attempt();
-          if (result.ok) {
-            // The listener was told already, when the attempt settled (complete()).
-            if (this.endError !== undefined) throw this.endError;
-            return;
-          }
-          if (this.stopped) return;
-          const { failure, error } = result;
-          if (!this.sentToken) {
-            // Before the first token nothing reached the client: a retry is invisible.
-            if (isRetryable(failure) && retries < this.s.retryMax) {
-              if (!this.opened) {
-                this.listener.discard?.();
-                this.dirty = false;
-                this.forwardedPreToken = false;
-                // The hold is for one accepted request waiting for its first token (a queue), not
-                // for retries: it starts again at the next attempt's 200.
-                this.clearHead();
-              }
-              const delay = backoffDelay(retries, this.backoff(), result.headers);
-              retries++;
-              this.stats.retries++;
-              await this.sleep(delay);
-              continue;
-            }
-            this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
-            return;
-          }
-          if (this.canResume(failure)) {
-            // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
-            // honoured; after a broken connection the answer continues at once.
-            if (failure.kind === 'http') {
-              await this.sleep(backoffDelay(this.stats.resumes, this.backoff(), result.headers));
-            }
-            this.stats.resumes++;
-            continue;
-          }
-          this.finishFailed(error);
-          return;
+          const next = this.afterAttempt(await this.attempt());
+          if (next === NEXT_STOP) return;
+          if (next !== NEXT_NOW) await this.sleep(next);
         }
       } catch (err) {
         // A bug here must end this stream only, never the process.
@@ -358,6 +327,51 @@ export class ChatStream implements DeltaSink {
     } finally {
       end?.runEnded(this, tag as T, escaped ?? []);
     }
+  }
+
+  /**
+   * What comes after an attempt: NEXT_STOP (the stream is over, the listener told), NEXT_NOW
+   * (the next attempt at once), or the ms to wait before it. Throws what the listener's end()
+   * threw.
+   */
+  private afterAttempt(result: AttemptResult): number {
+    if (result.ok) {
+      // The listener was told already, when the attempt settled (complete()).
+      if (this.endError !== undefined) throw this.endError;
+      return NEXT_STOP;
+    }
+    if (this.stopped) return NEXT_STOP;
+    const { failure, error } = result;
+    if (!this.sentToken) {
+      // Before the first token nothing reached the client: a retry is invisible.
+      if (isRetryable(failure) && this.stats.retries < this.s.retryMax) {
+        if (!this.opened) {
+          this.listener.discard?.();
+          this.dirty = false;
+          this.forwardedPreToken = false;
+          // The hold is for one accepted request waiting for its first token (a queue), not
+          // for retries: it starts again at the next attempt's 200.
+          this.clearHead();
+        }
+        const delay = backoffDelay(this.stats.retries, this.backoff(), result.headers);
+        this.stats.retries++;
+        return delay;
+      }
+      this.finishFailed(isRetryable(failure) ? this.exhausted(error, result.headers) : error);
+      return NEXT_STOP;
+    }
+    if (this.canResume(failure)) {
+      // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
+      // honoured; after a broken connection the answer continues at once.
+      const wait =
+        failure.kind === 'http'
+          ? backoffDelay(this.stats.resumes, this.backoff(), result.headers)
+          : NEXT_NOW;
+      this.stats.resumes++;
+      return wait;
+    }
+    this.finishFailed(error);
+    return NEXT_STOP;
   }
 
   /** The client left (or the stream was handed off): stop everything, tell nobody. */
