@@ -43,7 +43,7 @@ export function serveParent(
         // Live JS objects (V8 heap used) plus memory held outside it by JS objects (Buffers),
         // read in the same handler as the collection: read on a later message, it counted the
         // garbage of the event-loop turns in between, with many streams open the relay's
-        // allocation per turn (for the proxy 6-11 KiB per open stream, for the pipe 4-6), not
+        // allocation per turn (for the proxy 9-11 KiB per open stream, for the pipe 4-6), not
         // what a stream keeps (docs/BENCHMARKS.md, "Changes since the 07:18 run").
         const gc = (globalThis as { gc?: () => void }).gc;
         if (gc) {
