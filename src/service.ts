@@ -130,9 +130,9 @@ export class ChatService implements RunEnd<StreamMeta> {
       this.settled(stream, meta, [e]);
       return Promise.resolve();
     }
-    // Forgotten however run() ends (runEnded): a listener that throws from fail() makes it
-    // reject. What runs after it (the log line, the meta's end hook) may throw too: the same bug
-    // path.
+    // Forgotten however run() ends (runEnded): a listener that throws from fail() comes as a
+    // bug. What runs after it (the log line, the meta's end hook) may throw too: the same bug
+    // path; the promise rejects only when no meta.failed takes it.
     return stream.run(this, meta);
   }
 

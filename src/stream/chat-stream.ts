@@ -210,6 +210,8 @@ export class ChatStream implements DeltaSink {
   /** The first half of a surrogate pair, waiting for its token's continuation (joinPair). */
   private splitPair = '';
   private splitPairReasoning = false;
+  /** afterAttempt() chose a continuation: run() counts it when it is about to be sent. */
+  private resuming = false;
   /** The first token is waiting: it is written at the end of the read that brought it. */
   private firstPending = false;
   /** Begins the response if no token came within headHoldMs of the upstream's first 200. */
@@ -292,10 +294,11 @@ export class ChatStream implements DeltaSink {
   }
 
   /**
-   * Run to the end; every failure goes to the listener. Rejects only on a bug in the listener
-   * (its fail() threw), or when `end` throws. `end`, when given, is told here, before the promise
-   * settles, with `tag` and what escaped (nothing, or that bug): a caller's `.then(ok, err)` kept
-   * a derived promise, its reaction and two closures for each open stream.
+   * Run to the end; every failure goes to the listener. Without `end`, rejects only on a bug in
+   * the listener (its fail() threw). With `end`, that bug goes to `end` instead, told here before
+   * the promise settles with `tag` and what escaped (nothing, or the bug), and the promise
+   * rejects only if `end` throws: a caller's `.then(ok, err)` kept a derived promise, its
+   * reaction and two closures for each open stream.
    */
   async run<T>(end?: RunEnd<T>, tag?: T): Promise<void> {
     let escaped: unknown[] | undefined;
@@ -309,6 +312,11 @@ export class ChatStream implements DeltaSink {
       try {
         for (;;) {
           if (this.stopped) return;
+          if (this.resuming) {
+            // Counted once its wait is over: a continuation never sent is not one.
+            this.resuming = false;
+            this.stats.resumes++;
+          }
           const next = this.afterAttempt(await this.attempt());
           if (next === NEXT_STOP) return;
           if (next !== NEXT_NOW) await this.sleep(next);
@@ -363,12 +371,10 @@ export class ChatStream implements DeltaSink {
     if (this.canResume(failure)) {
       // A continuation the upstream refused (429, 5xx) waits as a retry would, Retry-After
       // honoured; after a broken connection the answer continues at once.
-      const wait =
-        failure.kind === 'http'
-          ? backoffDelay(this.stats.resumes, this.backoff(), result.headers)
-          : NEXT_NOW;
-      this.stats.resumes++;
-      return wait;
+      this.resuming = true;
+      return failure.kind === 'http'
+        ? backoffDelay(this.stats.resumes, this.backoff(), result.headers)
+        : NEXT_NOW;
     }
     this.finishFailed(error);
     return NEXT_STOP;
@@ -1044,8 +1050,9 @@ const CONNECT_CODES = new Set([
 
 function noop(): void {}
 
-// The engine's timers are given these and the stream, not a closure each (56 B and a context
-// per stream, kept for its length).
+// The engine's timers that live for the stream's length (idle, total, the head hold) are given
+// these and the stream, not a closure each (56 B and a context per stream, kept for its
+// length). The headers timer, cleared at the response's headers, keeps its closure.
 function idleTimeout(stream: ChatStream): void {
   stream.onIdle();
 }

@@ -143,6 +143,58 @@ describe('a slow reader', () => {
   }, 60_000);
 });
 
+describe('a slow reader of /v1/chat/completions', () => {
+  it("holds the upstream back, and the response's drain lets it go on", async () => {
+    // /v1 writes the upstream's own bytes (~350 per token): 60k tokens is about 21 MB, more than
+    // loopback socket buffers hide. If the drain never reached the stream, the upstream would
+    // stay paused and the answer never end.
+    const prompt = 'slow v1 reader [[tokens=60000 repeat=20]]';
+    let received = 0;
+    let upstreamAtFirstPause = -1;
+    let tail = '';
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(
+        stack.url + '/v1/chat/completions',
+        { method: 'POST', headers: { 'content-type': 'application/json' }, agent: false },
+        (res) => {
+          let nextPause = 256 * 1024;
+          res.on('data', (c: Buffer) => {
+            received += c.length;
+            tail = (tail + c.toString('latin1')).slice(-64);
+            if (received >= nextPause) {
+              nextPause += 256 * 1024;
+              res.pause();
+              if (upstreamAtFirstPause < 0) {
+                setTimeout(() => {
+                  upstreamAtFirstPause = findRequest(prompt)?.bytesWritten ?? -1;
+                }, 900);
+              }
+              setTimeout(() => res.resume(), upstreamAtFirstPause < 0 ? 1000 : 20);
+            }
+          });
+          res.on('end', resolve);
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(
+        JSON.stringify({
+          model: 'deepseek-chat',
+          stream: true,
+          messages: [{ role: 'user', content: prompt }],
+        }),
+      );
+    });
+    const rec = findRequest(prompt)!;
+    expect(rec.done).toBe(true);
+    expect(tail).toContain('data: [DONE]');
+    expect(received).toBeGreaterThan(15_000_000);
+    // While the reader sat on its first 256 KB for a second, the upstream was held back.
+    expect(upstreamAtFirstPause).toBeGreaterThan(0);
+    expect(upstreamAtFirstPause).toBeLessThan(rec.bytesWritten * 0.8);
+  }, 60_000);
+});
+
 describe('secrets', () => {
   it('a run with a known key never prints it, on success or failure', async () => {
     await request(stack.url + q('log check one'));

@@ -5,7 +5,7 @@
 
 import http from 'node:http';
 import { collectGarbage } from '../helpers/heap';
-import { request, startStack, type Stack } from '../helpers/stack';
+import { request, startStack, waitFor, type Stack } from '../helpers/stack';
 
 type Run = Stack['app']['service']['run'];
 
@@ -277,7 +277,8 @@ describe('a stream whose client left while its journal entry was claimed', () =>
 describe('what an open stream hangs on its response', () => {
   let stack: Stack;
   beforeAll(async () => {
-    stack = await startStack();
+    // No resume grace: a client that leaves ends its stream at once, on either route.
+    stack = await startStack({ resumeGraceMs: 0 });
   });
   afterAll(async () => {
     await stack.close();
@@ -310,10 +311,12 @@ describe('what an open stream hangs on its response', () => {
           expect(lb).toHaveLength(la.length);
           expect(la.every((f, i) => f === lb[i])).toBe(true);
         }
-        // The close still reaches the stream: the first client leaves, its upstream is let go
-        // (for /v1 at once; /chat-stream keeps generating for the resume grace), and the second
-        // stream ends whole.
+        // The close still reaches the stream: the first client leaves and its stream ends (no
+        // grace), while the second goes on and ends whole. (The drain is the slow readers' in
+        // lifecycle.test.ts.)
+        expect(service.active.size).toBe(2);
         a.req.destroy();
+        await waitFor(() => service.active.size === 1, 3000, 'the stream whose client left');
         b.res.resume();
         const text = await new Promise<string>((resolve) => {
           let all = '';
@@ -321,10 +324,7 @@ describe('what an open stream hangs on its response', () => {
           b.res.on('end', () => resolve(all));
         });
         expect(text).toContain(path.startsWith('/v1') ? 'data: [DONE]' : 'event: done');
-        if (path.startsWith('/v1')) {
-          await new Promise((r) => setTimeout(r, 100));
-          expect(service.active.size).toBe(0);
-        }
+        await waitFor(() => service.active.size === 0, 3000, 'the second stream');
       } finally {
         spy.mockRestore();
       }

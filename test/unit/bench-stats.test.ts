@@ -45,8 +45,8 @@ describe('bench per-round ratios', () => {
         open: 100,
         idleRss: 1000,
         rss: 1000 + kib * 100,
-        idleHeap: 0,
-        heap: kib * 50,
+        idleHeap: 7000,
+        heap: 7000 + kib * 50,
       }));
       return m;
     };
@@ -60,7 +60,7 @@ describe('bench per-round ratios', () => {
     expect(second).toBe(1);
     expect(roundRatios(proxy, base, 'mem')).toEqual([1.2, 3]);
     expect(roundRatios(proxy, base, 'heap')).toEqual([1.2, 3]);
-    proxy.probe[1]!.heap = 1000;
+    proxy.probe[1]!.heap = 8000;
     expect(roundRatios(proxy, base, 'heap')).toEqual([1.2, 2]);
     // Without per-round counts (older runs): an equal split, only if every stream had a first
     // token; otherwise nothing.

@@ -90,6 +90,31 @@ describe('ResponseSink heartbeat', () => {
     sinkB.done('{}', 1);
   });
 
+  it("one stream's heartbeat that throws does not stop the others'", () => {
+    const a = fakeResponse();
+    const b = fakeResponse();
+    const open = (res: ReturnType<typeof fakeResponse>['res'], id: string) => {
+      const sink = new ResponseSink(res as unknown as ServerResponse, sseFrames(id, 100), {
+        requestId: id,
+        heartbeatMs: 1000,
+      });
+      sink.open();
+      return sink;
+    };
+    open(a.res, 'ta'); // first on the shared timer: it ticks first
+    open(b.res, 'tb');
+    a.res.write = () => {
+      throw new Error('a broken response');
+    };
+    jest.advanceTimersByTime(500); // the first tick only starts the count
+    expect(() => jest.advanceTimersByTime(500)).toThrow('a broken response');
+    expect(b.writes.filter((w) => w === ': ping\n\n')).toHaveLength(1);
+    a.res.destroyed = true;
+    b.res.destroyed = true;
+    jest.advanceTimersByTime(500);
+    expect(jest.getTimerCount()).toBe(0);
+  });
+
   it('HEAD: the head and no timer', () => {
     const { res, writes } = fakeResponse();
     new ResponseSink(res as unknown as ServerResponse, sseFrames('r2', 100), {
