@@ -88,40 +88,56 @@ describe('when the client leaves before the response began (a queue)', () => {
   });
 });
 
+/**
+ * Read `prompt`'s answer like a slow client: a pause after every 256 KB, the first for a second
+ * (the upstream's bytes written are sampled 900 ms into it), the others for 20 ms. `send` makes
+ * the request; resolves at the response's end.
+ */
+function readSlowly(
+  prompt: string,
+  send: (onResponse: (res: http.IncomingMessage) => void) => http.ClientRequest,
+): Promise<{ received: number; upstreamAtFirstPause: number; tail: string }> {
+  let received = 0;
+  let upstreamAtFirstPause = -1;
+  let tail = '';
+  return new Promise((resolve, reject) => {
+    const req = send((res) => {
+      let nextPause = 256 * 1024;
+      res.on('data', (c: Buffer) => {
+        received += c.length;
+        tail = (tail + c.toString('latin1')).slice(-64);
+        if (received >= nextPause) {
+          nextPause += 256 * 1024;
+          res.pause();
+          if (upstreamAtFirstPause < 0) {
+            // Sample after the pause has had time to propagate upstream.
+            setTimeout(() => {
+              upstreamAtFirstPause = findRequest(prompt)?.bytesWritten ?? -1;
+            }, 900);
+          }
+          setTimeout(() => res.resume(), upstreamAtFirstPause < 0 ? 1000 : 20);
+        }
+      });
+      res.on('end', () => resolve({ received, upstreamAtFirstPause, tail }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
 describe('a slow reader', () => {
   it('keeps the proxy buffer bounded while 20 MB of upstream output passes through', async () => {
     // ~350 bytes of upstream SSE per token: 100k tokens is over 30 MB from the simulator, and
     // about 20 MB to the client: more than loopback socket buffers can hide.
     const prompt = 'slow reader [[tokens=100000 repeat=20]]';
-    let received = 0;
-    let upstreamAtFirstPause = -1;
     const requestId = 'slow-reader-1';
-    await new Promise<void>((resolve, reject) => {
-      const req = http.get(
+    const { upstreamAtFirstPause } = await readSlowly(prompt, (onResponse) =>
+      http.get(
         stack.url + q(prompt, '&format=sse&thinking=false'),
         { headers: { 'x-request-id': requestId }, agent: false },
-        (res) => {
-          let nextPause = 256 * 1024;
-          res.on('data', (c: Buffer) => {
-            received += c.length;
-            if (received >= nextPause) {
-              nextPause += 256 * 1024;
-              res.pause();
-              if (upstreamAtFirstPause < 0) {
-                // Sample after the pause has had time to propagate upstream.
-                setTimeout(() => {
-                  upstreamAtFirstPause = findRequest(prompt)?.bytesWritten ?? -1;
-                }, 900);
-              }
-              setTimeout(() => res.resume(), upstreamAtFirstPause < 0 ? 1000 : 20);
-            }
-          });
-          res.on('end', resolve);
-          res.on('error', reject);
-        },
-      );
-      req.on('error', reject);
-    });
+        onResponse,
+      ),
+    );
     const rec = findRequest(prompt)!;
     expect(rec.done).toBe(true);
     expect(rec.bytesWritten).toBeGreaterThan(20_000_000);
@@ -141,42 +157,18 @@ describe('a slow reader', () => {
     expect(line.peakBuffered).toBeGreaterThan(0);
     expect(line.peakBuffered).toBeLessThan(256 * 1024);
   }, 60_000);
-});
 
-describe('a slow reader of /v1/chat/completions', () => {
-  it("holds the upstream back, and the response's drain lets it go on", async () => {
+  it("of /v1: the upstream is held back, and the response's drain lets it go on", async () => {
     // /v1 writes the upstream's own bytes (~350 per token): 60k tokens is about 21 MB, more than
     // loopback socket buffers hide. If the drain never reached the stream, the upstream would
     // stay paused and the answer never end.
     const prompt = 'slow v1 reader [[tokens=60000 repeat=20]]';
-    let received = 0;
-    let upstreamAtFirstPause = -1;
-    let tail = '';
-    await new Promise<void>((resolve, reject) => {
+    const { received, upstreamAtFirstPause, tail } = await readSlowly(prompt, (onResponse) => {
       const req = http.request(
         stack.url + '/v1/chat/completions',
         { method: 'POST', headers: { 'content-type': 'application/json' }, agent: false },
-        (res) => {
-          let nextPause = 256 * 1024;
-          res.on('data', (c: Buffer) => {
-            received += c.length;
-            tail = (tail + c.toString('latin1')).slice(-64);
-            if (received >= nextPause) {
-              nextPause += 256 * 1024;
-              res.pause();
-              if (upstreamAtFirstPause < 0) {
-                setTimeout(() => {
-                  upstreamAtFirstPause = findRequest(prompt)?.bytesWritten ?? -1;
-                }, 900);
-              }
-              setTimeout(() => res.resume(), upstreamAtFirstPause < 0 ? 1000 : 20);
-            }
-          });
-          res.on('end', resolve);
-          res.on('error', reject);
-        },
+        onResponse,
       );
-      req.on('error', reject);
       req.end(
         JSON.stringify({
           model: 'deepseek-chat',
@@ -184,6 +176,7 @@ describe('a slow reader of /v1/chat/completions', () => {
           messages: [{ role: 'user', content: prompt }],
         }),
       );
+      return req;
     });
     const rec = findRequest(prompt)!;
     expect(rec.done).toBe(true);
