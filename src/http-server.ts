@@ -11,6 +11,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Express } from 'express';
+import { serveAcceptFirst } from './accept-first';
 import { flattenHead, HEADERS_NOT_READ_BACK } from './flat';
 import { answerClientError, RESPONSE_WATCHER, type ResponseWatcher } from './middleware/errors';
 
@@ -83,7 +84,8 @@ export interface TlsFiles {
 /**
  * The server for `app` (built by createApp, so it has its request classes): HTTPS when `tls` is
  * given. Malformed and too slow requests get the SPEC's JSON error (400, 408); idle keep-alive
- * sockets stay 65 s (longer than the usual load balancer's 60 s).
+ * sockets stay 65 s (longer than the usual load balancer's 60 s); a burst of new connections is
+ * accepted before the requests on them are served (accept-first.ts).
  */
 export function createHttpServer(
   app: Express & { requestClasses: RequestClasses },
@@ -96,8 +98,9 @@ export function createHttpServer(
     connectionsCheckingInterval: Math.min(30_000, Math.max(50, Math.floor(requestTimeoutMs / 4))),
   };
   const server = tls
-    ? https.createServer({ ...options, cert: tls.cert, key: tls.key }, app)
-    : http.createServer(options, app);
+    ? https.createServer({ ...options, cert: tls.cert, key: tls.key })
+    : http.createServer(options);
+  serveAcceptFirst(server, app);
   server.on('clientError', answerClientError);
   // Node's requestTimeout covers receiving the request only, never the response: a stream runs
   // for as long as it runs. Without it (it was 0) a client sending its body a byte at a time

@@ -1,0 +1,175 @@
+// AcceptFirst: a request that arrives while connections are being accepted waits for the burst to
+// be accepted (a turn that accepts nothing), for BURST_WAIT_MS at most; with no burst it is served
+// at once; one whose client left meanwhile is dropped.
+
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { AcceptFirst, serveAcceptFirst } from '../../src/accept-first';
+
+type Req = http.IncomingMessage;
+type Res = http.ServerResponse;
+
+/** A request/response pair as clientGone() reads it. */
+function pair(id: number): { req: Req; res: Res & { id: number } } {
+  const socket = { destroyed: false };
+  const req = { socket, id } as unknown as Req;
+  const res = { id, destroyed: false, socket, writableFinished: false, req } as unknown as Res & {
+    id: number;
+  };
+  return { req, res };
+}
+
+/** One event-loop turn: resolves in the check phase after the checks already scheduled. */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+describe('AcceptFirst', () => {
+  it('serves a request at once when no connection was accepted in its turn', () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    const { req, res } = pair(1);
+    first.request(req, res);
+    expect(served).toEqual([1]);
+  });
+
+  it('holds requests while every turn accepts one, then serves them in order', async () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    first.accepted();
+    for (let i = 1; i <= 3; i++) {
+      const { req, res } = pair(i);
+      first.request(req, res);
+    }
+    await turn(); // the first check: it accepted in that turn, so it goes on
+    expect(served).toEqual([]);
+    first.accepted(); // the next turn accepts one more, and a request comes on a connection
+    const { req, res } = pair(4);
+    first.request(req, res);
+    await turn();
+    expect(served).toEqual([]);
+    await turn(); // a turn without an accept: the burst is in, and each gets an Immediate
+    await turn();
+    expect(served).toEqual([1, 2, 3, 4]);
+    expect(first.waited).toBe(4);
+
+    const late = pair(5); // the queue is empty again and nothing was accepted: at once
+    first.request(late.req, late.res);
+    expect(served).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it("serves each waiting request in its own callback: one's promises settle before the next", async () => {
+    // express-rate-limit's memory store hands every request of a client the same counter
+    // object: run back to back, a burst's requests all read the count after the last one.
+    const steps: string[] = [];
+    const first = new AcceptFirst((_req, res) => {
+      const id = (res as Res & { id: number }).id;
+      steps.push(`start ${id}`);
+      void Promise.resolve().then(() => steps.push(`then ${id}`));
+    });
+    first.accepted();
+    for (let i = 1; i <= 3; i++) {
+      const { req, res } = pair(i);
+      first.request(req, res);
+    }
+    await turn();
+    await turn();
+    await turn();
+    expect(steps).toEqual(['start 1', 'then 1', 'start 2', 'then 2', 'start 3', 'then 3']);
+  });
+
+  it('a request that comes while the waiting ones are being served queues behind them', async () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    first.accepted();
+    const a = pair(1);
+    first.request(a.req, a.res);
+    await turn(); // flushed: request 1 has its Immediate, not yet run
+    const b = pair(2);
+    first.request(b.req, b.res);
+    expect(served).toEqual([]);
+    await turn();
+    await turn();
+    expect(served).toEqual([1, 2]);
+  });
+
+  it('waits no longer than its limit while connections keep coming', async () => {
+    let servedAt = 0;
+    const first = new AcceptFirst(() => (servedAt = performance.now()), 20);
+    first.accepted();
+    const t0 = performance.now();
+    const { req, res } = pair(1);
+    first.request(req, res);
+    while (performance.now() - t0 < 200 && servedAt === 0) {
+      first.accepted();
+      await turn();
+    }
+    expect(servedAt).toBeGreaterThanOrEqual(t0 + 20);
+    expect(servedAt).toBeLessThan(t0 + 200);
+  });
+
+  it('drops a request whose client left while it waited', async () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    first.accepted();
+    const gone = pair(1);
+    const there = pair(2);
+    first.request(gone.req, gone.res);
+    first.request(there.req, there.res);
+    (gone.req.socket as { destroyed: boolean }).destroyed = true;
+    await turn();
+    await turn();
+    await turn();
+    expect(served).toEqual([2]);
+    expect(first.dropped).toBe(1);
+  });
+});
+
+describe('serveAcceptFirst on a real server', () => {
+  // A client in another process connects N sockets, and once all are connected writes a request
+  // on each. The server takes 0.3 ms per accept (a busy server), so its accept queue still holds
+  // most of them when the requests arrive: served as they came, the first ones would be served
+  // with only a few connections accepted.
+  it('serves the first request of a burst once every connection of it is accepted', async () => {
+    const N = 100;
+    let accepted = 0;
+    const acceptedWhenServed: number[] = [];
+    const server = http.createServer();
+    server.on('connection', () => {
+      accepted++;
+      const until = performance.now() + 0.3;
+      while (performance.now() < until) {
+        // busy
+      }
+    });
+    serveAcceptFirst(
+      server,
+      (_req, res) => {
+        acceptedWhenServed.push(accepted);
+        res.end('ok');
+      },
+      10_000, // the burst is never cut short here
+    );
+    await new Promise<void>((r) => server.listen({ port: 0, host: '127.0.0.1', backlog: 512 }, r));
+    const port = (server.address() as AddressInfo).port;
+    const client = `
+      const net = require('net');
+      const socks = []; let connected = 0; let answered = 0;
+      for (let i = 0; i < ${N}; i++) {
+        const s = net.connect(${port}, '127.0.0.1', () => {
+          if (++connected === ${N}) for (const t of socks) t.write('GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');
+        });
+        s.on('data', () => {});
+        s.on('end', () => { if (++answered === ${N}) process.exit(0); });
+        socks.push(s);
+      }
+      setTimeout(() => process.exit(2), 20000);`;
+    const code = await new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, ['-e', client], { stdio: 'ignore' });
+      child.on('exit', resolve);
+    });
+    await new Promise<void>((r) => server.close(() => r()));
+    expect(code).toBe(0);
+    expect(acceptedWhenServed).toHaveLength(N);
+    expect(acceptedWhenServed[0]).toBe(N);
+  });
+});
