@@ -249,11 +249,15 @@ function roundOrder(live: Target[], round: number): Target[] {
 
 /**
  * Live memory per open stream (a variant with a memoryProbe), one reading per round and target,
- * on servers started for it after the measured rounds. Not on the measured servers: the probe's
- * collections, with no stream open, throw away optimised code (see measureOnce), and a slow
- * round measured after one set its 1000 streams up 100-250 ms later (scratch harness); and
- * after minutes without a collection there, the idle RSS read after the first collection stood
- * above the RSS with the streams open.
+ * on servers started for it after the measured rounds: a proxy process per target, as the pipe
+ * has its own. Not on the measured servers: the probe's collections, with no stream open, throw
+ * away optimised code (see measureOnce), and a slow round measured after one set its 1000
+ * streams up 100-250 ms later (scratch harness); and after minutes without a collection there,
+ * the idle RSS read after the first collection stood above the RSS with the streams open. Not
+ * one proxy for all its targets either: the proxy keeps every finished stream's journal for its
+ * TTL, so a process that had served the other routes' probes read a larger idle heap each time
+ * (21 to 46 MB used over six probes in one process; the pipe's stayed at 5.4), and its RSS per
+ * open stream moved with how much free space its old generation happened to hold.
  */
 async function probeMemory(
   ms: ReadonlyMap<string, Measurement>,
@@ -261,15 +265,15 @@ async function probeMemory(
   v: Variant,
   opts: Options,
 ): Promise<void> {
-  const stack = await startStack(opts, new Set(live.map((t) => t.server)));
-  try {
-    for (let round = 0; round < opts.rounds; round++) {
-      for (const t of roundOrder(live, round)) {
+  for (const t of live) {
+    const stack = await startStack(opts, new Set([t.server]));
+    try {
+      for (let round = 0; round < opts.rounds; round++) {
         await probeOnce(ms.get(t.key)!, serverFor(stack, t), t, v, `${v.key} r${round}`);
       }
+    } finally {
+      await stopStack(stack);
     }
-  } finally {
-    await stopStack(stack);
   }
 }
 
