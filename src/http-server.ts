@@ -11,7 +11,8 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Express } from 'express';
-import { serveAcceptFirst } from './accept-first';
+import type { Metrics } from './metrics';
+import { BURST_WAIT_MS, serveAcceptFirst, type AcceptFirst } from './accept-first';
 import { flattenHead, HEADERS_NOT_READ_BACK } from './flat';
 import { answerClientError, RESPONSE_WATCHER, type ResponseWatcher } from './middleware/errors';
 
@@ -88,10 +89,10 @@ export interface TlsFiles {
  * accepted before the requests on them are served (accept-first.ts).
  */
 export function createHttpServer(
-  app: Express & { requestClasses: RequestClasses },
+  app: Express & { requestClasses: RequestClasses; metrics: Metrics },
   requestTimeoutMs: number,
   tls?: TlsFiles,
-): http.Server | https.Server {
+): (http.Server | https.Server) & { readonly acceptFirst: AcceptFirst } {
   const options = {
     ...app.requestClasses,
     // How often Node looks for requests past their time (its default, 30 s, is coarse).
@@ -100,7 +101,14 @@ export function createHttpServer(
   const server = tls
     ? https.createServer({ ...options, cert: tls.cert, key: tls.key })
     : http.createServer(options);
-  serveAcceptFirst(server, app);
+  // The wait counts against the request timeout (a body larger than Node's buffer is not all
+  // read while its request waits): at most a quarter of it.
+  const acceptFirst = serveAcceptFirst(
+    server,
+    app,
+    Math.min(BURST_WAIT_MS, Math.max(1, Math.floor(requestTimeoutMs / 4))),
+  );
+  app.metrics.watchBursts(acceptFirst);
   server.on('clientError', answerClientError);
   // Node's requestTimeout covers receiving the request only, never the response: a stream runs
   // for as long as it runs. Without it (it was 0) a client sending its body a byte at a time
@@ -108,5 +116,5 @@ export function createHttpServer(
   server.requestTimeout = requestTimeoutMs;
   server.headersTimeout = Math.min(server.headersTimeout, requestTimeoutMs);
   server.keepAliveTimeout = 65_000;
-  return server;
+  return Object.assign(server, { acceptFirst });
 }

@@ -86,6 +86,35 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** What accept-first (src/accept-first.ts) held, counted when scraped: nothing per request. */
+  private bursts: { waited: number; dropped: number } | undefined;
+  private burstsSeen = { waited: 0, dropped: 0 };
+  readonly heldRequests = new Counter({
+    name: 'dsp_burst_held_requests_total',
+    help:
+      'Requests held while a burst of new connections was accepted, by what became of them ' +
+      '(served, or dropped: their client left while they waited)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+    collect: () => {
+      const b = this.bursts;
+      if (!b) return;
+      const seen = this.burstsSeen;
+      if (b.waited > seen.waited)
+        this.heldRequests.inc({ outcome: 'served' }, b.waited - seen.waited);
+      if (b.dropped > seen.dropped) {
+        this.heldRequests.inc({ outcome: 'dropped' }, b.dropped - seen.dropped);
+      }
+      this.burstsSeen = { waited: b.waited, dropped: b.dropped };
+    },
+  });
+
+  /** The server's accept-first queue, read when /metrics is scraped. */
+  watchBursts(counts: { waited: number; dropped: number }): void {
+    this.bursts = counts;
+    this.burstsSeen = { waited: counts.waited, dropped: counts.dropped };
+  }
+
   constructor(defaultMetrics = true) {
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
   }

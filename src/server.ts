@@ -105,9 +105,13 @@ async function main(): Promise<void> {
     const deadline = Date.now() + config.shutdownGraceMs;
     server.close();
     await app.service.drain(config.shutdownGraceMs);
-    // Requests that were not streams yet (waiting on Redis in a guard or for the journal claim)
-    // answer 503 shutting_down when their wait ends: let them, within the grace (at least 1 s).
-    await app.requestsAnswered(Math.max(deadline, Date.now() + 1000));
+    // Requests that were not streams yet (held by accept-first, waiting on Redis in a guard or
+    // for the journal claim) answer 503 shutting_down when their wait ends: let them, within the
+    // grace (at least 1 s). Held ones are not the app's yet, so they are let in first (with the
+    // listener closed, the next turn accepts nothing and lets them go).
+    const answerBy = Math.max(deadline, Date.now() + 1000);
+    await server.acceptFirst.idle(answerBy);
+    await app.requestsAnswered(answerBy);
     // Give the in-band errors a moment to flush, then drop idle keep-alive sockets.
     await new Promise((r) => setTimeout(r, 100));
     server.closeAllConnections();

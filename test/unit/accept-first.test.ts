@@ -83,13 +83,75 @@ describe('AcceptFirst', () => {
     first.accepted();
     const a = pair(1);
     first.request(a.req, a.res);
-    await turn(); // flushed: request 1 has its Immediate, not yet run
+    await turn(); // the first check: it accepted in that turn, so it goes on
+    await turn(); // no accept: flushed, request 1 has its Immediate, not yet run
+    expect(served).toEqual([]);
+    expect(first.pending).toBe(1);
     const b = pair(2);
     first.request(b.req, b.res);
     expect(served).toEqual([]);
     await turn();
     await turn();
+    await turn();
     expect(served).toEqual([1, 2]);
+    expect(first.pending).toBe(0);
+  });
+
+  it('a request in the turn after one that accepted, with no accept of its own, is served at once', async () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    first.accepted();
+    await turn(); // that turn's check: nothing was waiting
+    const { req, res } = pair(1);
+    first.request(req, res);
+    expect(served).toEqual([1]);
+  });
+
+  it('the limit counts from the oldest waiting request, however many come after it', async () => {
+    let servedAt = 0;
+    const first = new AcceptFirst((_req, res) => {
+      if ((res as Res & { id: number }).id === 0 && servedAt === 0) servedAt = performance.now();
+    }, 20);
+    const t0 = performance.now();
+    for (let i = 0; performance.now() - t0 < 300 && servedAt === 0; i++) {
+      first.accepted();
+      const { req, res } = pair(i);
+      first.request(req, res);
+      await turn();
+    }
+    expect(servedAt).toBeGreaterThanOrEqual(t0 + 20);
+    expect(servedAt).toBeLessThan(t0 + 150);
+  });
+
+  it('idle() resolves once every held request has reached the listener', async () => {
+    const served: number[] = [];
+    const first = new AcceptFirst((_req, res) => served.push((res as Res & { id: number }).id));
+    first.accepted();
+    for (let i = 1; i <= 3; i++) {
+      const { req, res } = pair(i);
+      first.request(req, res);
+    }
+    expect(first.pending).toBe(3);
+    await first.idle(Date.now() + 5000);
+    expect(served).toEqual([1, 2, 3]);
+    expect(first.pending).toBe(0);
+  });
+
+  it('idle() gives up at its deadline while connections keep coming', async () => {
+    const first = new AcceptFirst(() => undefined, 10_000);
+    const { req, res } = pair(1);
+    let accepting = true;
+    const keep = () => {
+      first.accepted();
+      if (accepting) setImmediate(keep);
+    };
+    keep();
+    first.request(req, res);
+    const t0 = Date.now();
+    await first.idle(t0 + 50);
+    accepting = false;
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
+    expect(first.pending).toBe(1);
   });
 
   it('waits no longer than its limit while connections keep coming', async () => {
@@ -141,6 +203,10 @@ describe('serveAcceptFirst on a real server', () => {
         // busy
       }
     });
+    // When each request arrived (before accept-first saw it): at least one must come while
+    // connections still wait, or the test proves nothing.
+    const acceptedWhenArrived: number[] = [];
+    server.prependListener('request', () => acceptedWhenArrived.push(accepted));
     serveAcceptFirst(
       server,
       (_req, res) => {
@@ -159,17 +225,23 @@ describe('serveAcceptFirst on a real server', () => {
           if (++connected === ${N}) for (const t of socks) t.write('GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');
         });
         s.on('data', () => {});
+        s.on('error', (e) => { console.error('socket', i, e.message); process.exit(3); });
         s.on('end', () => { if (++answered === ${N}) process.exit(0); });
         socks.push(s);
       }
       setTimeout(() => process.exit(2), 20000);`;
+    let stderr = '';
     const code = await new Promise<number | null>((resolve) => {
-      const child = spawn(process.execPath, ['-e', client], { stdio: 'ignore' });
+      const child = spawn(process.execPath, ['-e', client], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
       child.on('exit', resolve);
     });
     await new Promise<void>((r) => server.close(() => r()));
-    expect(code).toBe(0);
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
     expect(acceptedWhenServed).toHaveLength(N);
+    expect(Math.min(...acceptedWhenArrived)).toBeLessThan(N);
     expect(acceptedWhenServed[0]).toBe(N);
   });
 });
