@@ -250,7 +250,7 @@ function roundOrder(live: Target[], round: number): Target[] {
 /**
  * Live memory per open stream (a variant with a memoryProbe), one reading per round and target,
  * on servers started for it after the measured rounds: a proxy process per target, as the pipe
- * has its own. Not on the measured servers: the probe's collections, with no stream open, throw
+ * has its own, all of a target's rounds in a row. Not on the measured servers: the probe's collections, with no stream open, throw
  * away optimised code (see measureOnce), and a slow round measured after one set its 1000
  * streams up 100-250 ms later (scratch harness); and after minutes without a collection there,
  * the idle RSS read after the first collection stood above the RSS with the streams open. Not

@@ -50,6 +50,11 @@ export class AcceptFirst {
   waited = 0;
   dropped = 0;
 
+  constructor(
+    private readonly listener: Listener,
+    readonly maxWaitMs = BURST_WAIT_MS,
+  ) {}
+
   /** Requests held here, not yet handed to the listener. */
   get pending(): number {
     return this.reqs.length + this.serving;
@@ -64,11 +69,6 @@ export class AcceptFirst {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
   }
-
-  constructor(
-    private readonly listener: Listener,
-    readonly maxWaitMs = BURST_WAIT_MS,
-  ) {}
 
   /** For the server's 'connection' event. */
   readonly accepted = (): void => {

@@ -100,8 +100,9 @@ export class Metrics {
       const b = this.bursts;
       if (!b) return;
       const seen = this.burstsSeen;
-      if (b.waited > seen.waited)
+      if (b.waited > seen.waited) {
         this.heldRequests.inc({ outcome: 'served' }, b.waited - seen.waited);
+      }
       if (b.dropped > seen.dropped) {
         this.heldRequests.inc({ outcome: 'dropped' }, b.dropped - seen.dropped);
       }
