@@ -1,0 +1,126 @@
+// stream/deadlines.ts: a time limit of one length for many streams (the upstream idle limit, the
+// total limit), kept in one list with one timer. A Node Timeout of its own for each stream and
+// limit cost about 200 B for the stream's length (the Timeout, the array of its arguments, its
+// boxed numbers) and a limit is one Deadline here (about 56 B). All of a list's deadlines are the
+// same length from when they were (re)started, so appending keeps the list in deadline order:
+// the timer is set for the first one, and restarting one moves it to the end.
+
+const MAX_DELAY_MS = 2 ** 31 - 1; // setTimeout's; a longer wait fires early and is set again
+
+export class Deadline<T> {
+  prev: Deadline<T> | undefined = undefined;
+  next: Deadline<T> | undefined = undefined;
+  /** When it expires (performance.now()), or 0 when it is not running. */
+  at = 0;
+
+  constructor(
+    readonly list: Deadlines<T>,
+    readonly owner: T,
+  ) {}
+
+  /** (Re)start: it expires `list.ms` from now. Once per event-loop turn at most on a hot path. */
+  start(): void {
+    this.list.start(this);
+  }
+
+  stop(): void {
+    if (this.at !== 0) this.list.stop(this);
+  }
+}
+
+export class Deadlines<T> {
+  private head: Deadline<T> | undefined = undefined;
+  private tail: Deadline<T> | undefined = undefined;
+  private timer: NodeJS.Timeout | undefined = undefined;
+
+  /** `expire` is called with a deadline's owner when it is up (the deadline stopped first). */
+  constructor(
+    readonly ms: number,
+    private readonly expire: (owner: T) => void,
+  ) {}
+
+  start(d: Deadline<T>): void {
+    if (d.at !== 0) this.unlink(d);
+    d.at = performance.now() + this.ms;
+    const tail = this.tail;
+    d.prev = tail;
+    if (tail === undefined) this.head = d;
+    else tail.next = d;
+    this.tail = d;
+    // The first deadline, not this one: a handler restarting its deadline from fire() (the timer
+    // unset) comes before the rest of the list is seen.
+    if (this.timer === undefined) this.arm(this.head!.at);
+  }
+
+  stop(d: Deadline<T>): void {
+    this.unlink(d);
+    d.at = 0;
+    // Nothing left to wait for. Otherwise the timer stays as it is: set for a deadline that
+    // went, it fires early and is set again for the first one still running.
+    if (this.head === undefined && this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** The timer fired: every deadline that is up expires, in order. */
+  fire(): void {
+    this.timer = undefined;
+    const now = performance.now();
+    let threw = false;
+    let first: unknown;
+    let d: Deadline<T> | undefined;
+    while ((d = this.head) !== undefined && d.at <= now) {
+      this.stop(d);
+      // A throw is a bug in the owner's handler: the others still expire, then it goes on as
+      // from a timer of its own.
+      try {
+        this.expire(d.owner);
+      } catch (err) {
+        if (!threw) first = err;
+        threw = true;
+      }
+    }
+    if (this.head !== undefined && this.timer === undefined) this.arm(this.head.at);
+    if (threw) throw first;
+  }
+
+  private arm(at: number): void {
+    const wait = Math.min(MAX_DELAY_MS, Math.max(1, Math.ceil(at - performance.now())));
+    const timer = setTimeout(fireList, wait, this);
+    // As the per-stream timers were: a limit alone does not keep the process up.
+    timer.unref();
+    this.timer = timer;
+  }
+
+  private unlink(d: Deadline<T>): void {
+    const { prev, next } = d;
+    if (prev === undefined) this.head = next;
+    else prev.next = next;
+    if (next === undefined) this.tail = prev;
+    else next.prev = prev;
+    d.prev = undefined;
+    d.next = undefined;
+  }
+}
+
+function fireList<T>(list: Deadlines<T>): void {
+  list.fire();
+}
+
+/**
+ * One list per limit length and handler, shared by every stream with those settings (a process
+ * normally has one length per limit; tests and the library may have more).
+ */
+export function deadlinesFor<T>(
+  lists: Map<number, Deadlines<T>>,
+  ms: number,
+  expire: (owner: T) => void,
+): Deadlines<T> {
+  let list = lists.get(ms);
+  if (list === undefined) {
+    list = new Deadlines(ms, expire);
+    lists.set(ms, list);
+  }
+  return list;
+}
