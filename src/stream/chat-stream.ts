@@ -359,7 +359,8 @@ export class ChatStream implements DeltaSink {
       return;
     }
     if (next === NEXT_STOP) this.runOver([]);
-    else if (next === NEXT_NOW) this.step();
+    // A stop from inside the listener (its discard()) is seen now, not after the wait.
+    else if (next === NEXT_NOW || this.stopped) this.step();
     else this.sleepTimer = setTimeout(wakeUp, next, this);
   }
 
@@ -470,7 +471,8 @@ export class ChatStream implements DeltaSink {
 
   /** End the stream now with an error the client is told about (shutdown, total time). */
   stop(err: ProxyError): void {
-    if (this.stopped) return;
+    // An answer that completed was told its end: no failure after it.
+    if (this.stopped || this.stats.outcome !== 'running') return;
     this.stopped = true;
     this.teardown();
     this.finishFailed(err);
@@ -525,7 +527,8 @@ export class ChatStream implements DeltaSink {
     try {
       posted = this.client.post(path, body, controller);
     } catch (err) {
-      this.postFailed(err, controller, headersTimer);
+      // As a rejection would: never inside run() itself (its caller is told after run() returns).
+      queueMicrotask(() => this.postFailed(err, controller, headersTimer));
       return;
     }
     // Two closures for the wait for the response's head only.

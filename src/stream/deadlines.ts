@@ -3,15 +3,17 @@
 // limit cost about 200 B for the stream's length (the Timeout, the array of its arguments, its
 // boxed numbers) and a limit is one Deadline here (about 56 B). All of a list's deadlines are the
 // same length from when they were (re)started, so appending keeps the list in deadline order:
-// the timer is set for the first one, and restarting one moves it to the end.
+// the timer is set for the first one, and restarting one moves it to the end. The lists are
+// per process: a test with fake timers must end the streams it started, or a deadline left
+// running keeps its list's timer on the fake clock for the tests after it.
 
 const MAX_DELAY_MS = 2 ** 31 - 1; // setTimeout's; a longer wait fires early and is set again
 
 export class Deadline<T> {
   prev: Deadline<T> | undefined = undefined;
   next: Deadline<T> | undefined = undefined;
-  /** When it expires (performance.now()), or 0 when it is not running. */
-  at = 0;
+  /** When it expires (performance.now()), or -1 when it is not running. */
+  at = -1;
 
   constructor(
     readonly list: Deadlines<T>,
@@ -24,7 +26,7 @@ export class Deadline<T> {
   }
 
   stop(): void {
-    if (this.at !== 0) this.list.stop(this);
+    if (this.at !== -1) this.list.stop(this);
   }
 }
 
@@ -33,20 +35,36 @@ export class Deadlines<T> {
   private tail: Deadline<T> | undefined = undefined;
   private timer: NodeJS.Timeout | undefined = undefined;
 
+  readonly ms: number;
+
   /** `expire` is called with a deadline's owner when it is up (the deadline stopped first). */
   constructor(
-    readonly ms: number,
+    ms: number,
     private readonly expire: (owner: T) => void,
-  ) {}
+  ) {
+    // At least 1 ms: a deadline restarted by its own handler at 0 would expire in the same fire().
+    this.ms = Math.max(1, ms);
+  }
 
   start(d: Deadline<T>): void {
-    if (d.at !== 0) this.unlink(d);
-    d.at = performance.now() + this.ms;
-    const tail = this.tail;
-    d.prev = tail;
-    if (tail === undefined) this.head = d;
-    else tail.next = d;
-    this.tail = d;
+    if (d.at !== -1) this.unlink(d);
+    const at = performance.now() + this.ms;
+    d.at = at;
+    let prev = this.tail;
+    // Behind the last one, always, unless the clock went back (jest's fake timers start theirs
+    // near 0): then in order, and the timer set again if it is now the first.
+    while (prev !== undefined && prev.at > at) prev = prev.prev;
+    const next = prev === undefined ? this.head : prev.next;
+    d.prev = prev;
+    d.next = next;
+    if (prev === undefined) this.head = d;
+    else prev.next = d;
+    if (next === undefined) this.tail = d;
+    else next.prev = d;
+    if (this.head === d && next !== undefined && this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
     // The first deadline, not this one: a handler restarting its deadline from fire() (the timer
     // unset) comes before the rest of the list is seen.
     if (this.timer === undefined) this.arm(this.head!.at);
@@ -54,7 +72,7 @@ export class Deadlines<T> {
 
   stop(d: Deadline<T>): void {
     this.unlink(d);
-    d.at = 0;
+    d.at = -1;
     // Nothing left to wait for. Otherwise the timer stays as it is: set for a deadline that
     // went, it fires early and is set again for the first one still running.
     if (this.head === undefined && this.timer !== undefined) {

@@ -121,3 +121,29 @@ it('deadlinesFor gives one list per length', () => {
   expect(deadlinesFor(lists, 200, noop)).not.toBe(a);
   expect(lists.size).toBe(2);
 });
+
+it('a deadline started after the clock went back (fake timers installed again) still expires', () => {
+  const { expired, make } = setUp(100);
+  jest.advanceTimersByTime(5000);
+  make('a').start(); // due at ~5100 on this clock
+  jest.useFakeTimers(); // a new clock, back near 0: the list's timer went with the old one
+  make('b').start(); // due at ~100, before a: first in the list, the timer set again
+  jest.advanceTimersByTime(101);
+  expect(expired).toEqual(['b']);
+  jest.advanceTimersByTime(5000);
+  expect(expired).toEqual(['b', 'a']);
+});
+
+it('a length of 0 counts as 1 ms: a handler restarting its deadline does not expire it again at once', () => {
+  let restarts = 0;
+  const made: Record<string, Deadline<string>> = {};
+  const { expired, make } = setUp(0, () => {
+    if (restarts++ < 5) made.a!.start();
+  });
+  made.a = make('a');
+  made.a.start();
+  jest.advanceTimersByTime(1);
+  expect(expired).toEqual(['a']);
+  jest.advanceTimersByTime(1);
+  expect(expired).toEqual(['a', 'a']);
+});

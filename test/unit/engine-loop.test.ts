@@ -8,8 +8,9 @@ import { ProxyError } from '../../src/errors';
 import { engineSettings } from '../../src/service';
 import { ChatStream, type RunEnd, type StreamListener } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
+import type { UpstreamBody } from '../../src/upstream/request';
 
-const BODY = {
+const BODY: UpstreamBody = {
   model: 'deepseek-v4-flash',
   messages: [{ role: 'user', content: 'hi' }],
   stream: true,
@@ -117,4 +118,69 @@ it('runEnded is told once, before run() settles, and its own throw rejects run()
   );
   await expect(run.finally(() => order.push('settled'))).rejects.toBe(oops);
   expect(order).toEqual(['runEnded 7 0', 'settled']);
+});
+
+it("a stop in the same turn as the answer's end tells the listener nothing more", async () => {
+  const body = new PassThrough();
+  const client: UpstreamClient = {
+    post: () =>
+      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
+    close: () => undefined,
+  };
+  const told: string[] = [];
+  const l = listener({
+    end: (reason) => {
+      told.push(`end ${reason}`);
+      stream.stop(new ProxyError('shutting_down', 'the server is shutting down'));
+    },
+    fail: (e) => void told.push(`fail ${e.code}`),
+  });
+  const stream = new ChatStream(client, engineSettings(testConfig()), BODY, l);
+  const run = stream.run();
+  body.end(
+    'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n' +
+      'data: {"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}]}\n\n' +
+      'data: [DONE]\n\n',
+  );
+  await run;
+  expect(told).toEqual(['end stop']);
+  expect(stream.stats.outcome).toBe('completed');
+});
+
+it('an upstream client that throws at once is told to the caller after run() returned', async () => {
+  const client: UpstreamClient = {
+    post: () => {
+      throw new Error('client bug');
+    },
+    close: () => undefined,
+  };
+  const failures: string[] = [];
+  const stream = new ChatStream(
+    client,
+    engineSettings(testConfig({ retryMax: 0 })),
+    BODY,
+    listener({ fail: (e) => void failures.push(e.code) }),
+  );
+  let ended = false;
+  const run = stream.run({ runEnded: () => void (ended = true) }, undefined);
+  expect(ended).toBe(false); // not from inside run()
+  await run;
+  expect(ended).toBe(true);
+  expect(failures).toEqual(['internal_error']);
+});
+
+it("an abort from the listener's discard() ends the run without waiting for the retry", async () => {
+  const up = unavailable();
+  const settings = engineSettings(
+    testConfig({ retryMax: 3, retryBaseDelayMs: 60_000, retryMaxDelayMs: 60_000 }),
+  );
+  const stream: ChatStream = new ChatStream(
+    up.client,
+    settings,
+    BODY,
+    listener({ discard: () => stream.abort() }),
+  );
+  expect(await within(stream.run(), 5_000)).toBe('settled');
+  expect(up.posts()).toBe(1);
+  expect(stream.stats.outcome).toBe('client_aborted');
 });

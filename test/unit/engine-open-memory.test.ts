@@ -9,6 +9,7 @@ import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
 import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
+import type { UpstreamBody } from '../../src/upstream/request';
 import { heapAfterGc } from '../helpers/heap';
 
 const STREAMS = 2000;
@@ -22,7 +23,7 @@ const FIRST =
 
 it(`${STREAMS} open engines, each past its first token, keep under a bound per stream`, async () => {
   const settings = engineSettings(testConfig());
-  const body = {
+  const body: UpstreamBody = {
     model: 'deepseek-v4-flash',
     messages: [{ role: 'user', content: 'hi' }],
     stream: true,
