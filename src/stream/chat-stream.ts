@@ -231,7 +231,7 @@ export class ChatStream implements DeltaSink {
   /** Write what this turn's upstream reads produced; pause the upstream if the client is full. */
   private unflushed = 0;
   /**
-   * The upstream body had data this event-loop turn: the idle timer was refreshed and the
+   * The upstream body had data this event-loop turn: the idle deadline was restarted and the
    * stream is in the turn's queue (see endTurn), which clears this.
    */
   turnSeen = false;
@@ -611,10 +611,10 @@ export class ChatStream implements DeltaSink {
   /** Hot path: one chunk of the upstream body being read by `r`. */
   read(r: Reading, buf: Buffer): void {
     // DeepSeek sends one chunk per event, and one socket read can bring many. Keep-alive
-    // comments count as liveness. The idle timer is refreshed once per event-loop turn: the
-    // loop's clock stands still within a turn, so refreshing again re-armed it for the same time
-    // (a timer-list move and a clock call per token, for nothing); the end-of-turn callback is
-    // scheduled here and clears the flag.
+    // comments count as liveness. The idle deadline is restarted once per event-loop turn, from
+    // the turn's first read: later reads of the same turn would move it by a few ms at most (a
+    // list move and a clock call per token, for nothing); the end-of-turn callback is scheduled
+    // here and clears the flag.
     if (!this.turnSeen) {
       this.turnSeen = true;
       this.idle.start();
