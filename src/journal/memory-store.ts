@@ -136,15 +136,17 @@ export class MemoryJournalStore implements JournalStore {
     }
     const first = events[0];
     if (first === undefined) return true;
-    // Compacted at its finish (a string of codes, or a short last block): as before first.
-    if (typeof e.packed === 'string' || e.blocks.length * BLOCK > e.packed.length) expand(e);
-    const packed = e.packed as number[];
-    if (packed.length === 0) e.firstSeq = first.seq;
-    if (first.seq !== e.firstSeq + packed.length) {
+    // Either form of packed has one entry per event.
+    if (e.packed.length === 0) e.firstSeq = first.seq;
+    if (first.seq !== e.firstSeq + e.packed.length) {
       // A gap would make a resume skip or repeat: refuse, as for a stream over budget.
       this.overflow(e);
       return false;
     }
+    // Compacted at its finish (a string of codes, or a short last block): as before first. Not a
+    // fast path: nothing appends to a finished stream but a caller of the store's own.
+    if (typeof e.packed === 'string' || e.blocks.length * BLOCK > e.packed.length) expand(e);
+    const packed = e.packed as number[];
     // A batch is numbered consecutively (the recorder numbers every event it appends).
     for (const ev of events) {
       packed.push(ev.data.length * 4 + KIND_CODE[ev.kind]);
@@ -364,7 +366,7 @@ const CODES_PER_CALL = 8192;
  * A finished stream is kept for its TTL as it is, read only: its events take what they need, not
  * the room their arrays kept to grow. The texts after the last full block become one short last
  * block, and the lengths and kinds a string of char codes when every one fits in 16 bits (one
- * byte each for texts under 64 characters: a 200-token answer's 201 numbers in about 220 B,
+ * byte each when every text is under 64 characters: a 200-token answer's 201 numbers in about 220 B,
  * where the array of them took about 1.7 KB). Tested in test/unit/memory-journal.test.ts.
  */
 function compact(e: Entry): void {
