@@ -6,27 +6,9 @@ import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
 import { ProxyError } from '../../src/errors';
 import { engineSettings } from '../../src/service';
-import { ChatStream, type RunEnd, type StreamListener } from '../../src/stream/chat-stream';
+import { ChatStream, type RunEnd } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
-import type { UpstreamBody } from '../../src/upstream/request';
-
-const BODY: UpstreamBody = {
-  model: 'deepseek-v4-flash',
-  messages: [{ role: 'user', content: 'hi' }],
-  stream: true,
-};
-
-function listener(over: Partial<StreamListener> = {}): StreamListener {
-  return {
-    open: () => undefined,
-    content: () => undefined,
-    reasoning: () => undefined,
-    flush: () => true,
-    end: () => undefined,
-    fail: () => undefined,
-    ...over,
-  };
-}
+import { CHAT_BODY, eventStreamClient, quietListener } from '../helpers/engine';
 
 /** An upstream that answers every request with 503 (a retryable status). */
 function unavailable() {
@@ -63,8 +45,8 @@ it('stop() during the wait before a retry ends the run at once, with no further 
   const stream = new ChatStream(
     up.client,
     settings,
-    BODY,
-    listener({ fail: (e) => void failures.push(e) }),
+    CHAT_BODY,
+    quietListener({ fail: (e) => void failures.push(e) }),
   );
   const run = stream.run();
   while (stream.stats.retries === 0) await new Promise((r) => setTimeout(r, 5));
@@ -80,13 +62,13 @@ it("a listener's fail() that throws rejects run() when it has no end, and goes t
   const settings = engineSettings(testConfig({ retryMax: 0 }));
   const bug = new Error('listener bug');
   const throwing = () =>
-    listener({
+    quietListener({
       fail: () => {
         throw bug;
       },
     });
 
-  const bare = new ChatStream(unavailable().client, settings, BODY, throwing());
+  const bare = new ChatStream(unavailable().client, settings, CHAT_BODY, throwing());
   await expect(bare.run()).rejects.toBe(bug);
 
   const told: unknown[][] = [];
@@ -97,7 +79,7 @@ it("a listener's fail() that throws rejects run() when it has no end, and goes t
       told.push(bugs);
     },
   };
-  const withEnd = new ChatStream(unavailable().client, settings, BODY, throwing());
+  const withEnd = new ChatStream(unavailable().client, settings, CHAT_BODY, throwing());
   await expect(withEnd.run(end, 'the tag')).resolves.toBeUndefined();
   expect(told).toEqual([[bug]]);
 });
@@ -106,7 +88,7 @@ it('runEnded is told once, before run() settles, and its own throw rejects run()
   const settings = engineSettings(testConfig({ retryMax: 0 }));
   const order: string[] = [];
   const oops = new Error('runEnded bug');
-  const stream = new ChatStream(unavailable().client, settings, BODY, listener());
+  const stream = new ChatStream(unavailable().client, settings, CHAT_BODY, quietListener());
   const run = stream.run<number>(
     {
       runEnded: (_s, tag, bugs) => {
@@ -122,20 +104,16 @@ it('runEnded is told once, before run() settles, and its own throw rejects run()
 
 it("a stop in the same turn as the answer's end tells the listener nothing more", async () => {
   const body = new PassThrough();
-  const client: UpstreamClient = {
-    post: () =>
-      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
-    close: () => undefined,
-  };
+  const client = eventStreamClient(body);
   const told: string[] = [];
-  const l = listener({
+  const l = quietListener({
     end: (reason) => {
       told.push(`end ${reason}`);
       stream.stop(new ProxyError('shutting_down', 'the server is shutting down'));
     },
     fail: (e) => void told.push(`fail ${e.code}`),
   });
-  const stream = new ChatStream(client, engineSettings(testConfig()), BODY, l);
+  const stream = new ChatStream(client, engineSettings(testConfig()), CHAT_BODY, l);
   const run = stream.run();
   body.end(
     'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n' +
@@ -158,8 +136,8 @@ it('an upstream client that throws at once is told to the caller after run() ret
   const stream = new ChatStream(
     client,
     engineSettings(testConfig({ retryMax: 0 })),
-    BODY,
-    listener({ fail: (e) => void failures.push(e.code) }),
+    CHAT_BODY,
+    quietListener({ fail: (e) => void failures.push(e.code) }),
   );
   let ended = false;
   const run = stream.run({ runEnded: () => void (ended = true) }, undefined);
@@ -177,8 +155,8 @@ it("an abort from the listener's discard() ends the run without waiting for the 
   const stream: ChatStream = new ChatStream(
     up.client,
     settings,
-    BODY,
-    listener({ discard: () => stream.abort() }),
+    CHAT_BODY,
+    quietListener({ discard: () => stream.abort() }),
   );
   expect(await within(stream.run(), 5_000)).toBe('settled');
   expect(up.posts()).toBe(1);

@@ -5,8 +5,8 @@
 import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
-import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
-import type { UpstreamClient } from '../../src/upstream/client';
+import { ChatStream } from '../../src/stream/chat-stream';
+import { CHAT_BODY, eventStreamClient, quietListener } from '../helpers/engine';
 import { heapAfterGc } from '../helpers/heap';
 
 const N = 20_000;
@@ -14,25 +14,13 @@ const TOKEN = 'sixteen-chars-ok'; // 16 characters: V8 slices (not copies) at 13
 
 it('a 20,000-token answer on the text path keeps its tokens, not the chunks they came in', async () => {
   const body = new PassThrough();
-  const client: UpstreamClient = {
-    post: () =>
-      Promise.resolve({ status: 200, headers: { 'content-type': 'text/event-stream' }, body }),
-    close: () => undefined,
-  };
   let chunks = 0;
-  const listener: StreamListener = {
-    open: () => undefined,
-    content: () => undefined,
-    reasoning: () => undefined,
-    chunk: () => void chunks++, // takes chunks as text: no byte path
-    flush: () => true,
-    end: () => undefined,
-    fail: () => undefined,
-  };
+  // Takes chunks as text: no byte path.
+  const listener = quietListener({ chunk: () => void chunks++ });
   const stream = new ChatStream(
-    client,
+    eventStreamClient(body),
     engineSettings(testConfig()),
-    { model: 'deepseek-v4-flash', messages: [{ role: 'user', content: 'hi' }], stream: true },
+    CHAT_BODY,
     listener,
   );
   const done = stream.run();

@@ -7,9 +7,8 @@
 import { PassThrough } from 'node:stream';
 import { testConfig } from '../../src/config';
 import { engineSettings } from '../../src/service';
-import { ChatStream, type StreamListener } from '../../src/stream/chat-stream';
-import type { UpstreamClient } from '../../src/upstream/client';
-import type { UpstreamBody } from '../../src/upstream/request';
+import { ChatStream } from '../../src/stream/chat-stream';
+import { CHAT_BODY, eventStreamClient, quietListener } from '../helpers/engine';
 import { heapAfterGc } from '../helpers/heap';
 
 const STREAMS = 2000;
@@ -23,37 +22,16 @@ const FIRST =
 
 it(`${STREAMS} open engines, each past its first token, keep under a bound per stream`, async () => {
   const settings = engineSettings(testConfig());
-  const body: UpstreamBody = {
-    model: 'deepseek-v4-flash',
-    messages: [{ role: 'user', content: 'hi' }],
-    stream: true,
-  };
-  const listener: StreamListener = {
-    open: () => undefined,
-    content: () => undefined,
-    reasoning: () => undefined,
-    flush: () => true,
-    end: () => undefined,
-    fail: () => undefined,
-  };
   // The upstream bodies are the test's: made before the first reading.
   const bodies = Array.from({ length: STREAMS }, () => new PassThrough());
-  let next = 0;
-  const client: UpstreamClient = {
-    post: () =>
-      Promise.resolve({
-        status: 200,
-        headers: { 'content-type': 'text/event-stream' },
-        body: bodies[next++]!,
-      }),
-    close: () => undefined,
-  };
+  const client = eventStreamClient(...bodies);
+  const listener = quietListener(); // one for all: what is measured is the engines
   const chunk = Buffer.from(FIRST);
   const before = await heapAfterGc(true);
   const streams: ChatStream[] = [];
   const runs: Promise<void>[] = [];
   for (let i = 0; i < STREAMS; i++) {
-    const s = new ChatStream(client, settings, body, listener);
+    const s = new ChatStream(client, settings, CHAT_BODY, listener);
     streams.push(s);
     runs.push(s.run());
   }

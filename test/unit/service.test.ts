@@ -7,15 +7,9 @@ import { createLogger } from '../../src/log';
 import { ChatService } from '../../src/service';
 import type { StreamListener } from '../../src/stream/chat-stream';
 import type { UpstreamClient } from '../../src/upstream/client';
+import { quietListener } from '../helpers/engine';
 
-const listener: StreamListener = {
-  open: () => undefined,
-  content: () => undefined,
-  reasoning: () => undefined,
-  flush: () => true,
-  end: () => undefined,
-  fail: () => undefined,
-};
+const listener = quietListener();
 const client: UpstreamClient = {
   post: () => Promise.reject(new Error('not reached')),
   close: () => undefined,
