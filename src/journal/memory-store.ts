@@ -4,6 +4,7 @@
 // Subscribers are called synchronously as events are appended.
 
 import {
+  type Claim,
   EVENT_OVERHEAD_BYTES,
   type JournalEvent,
   type JournalLimits,
@@ -12,6 +13,9 @@ import {
   type SubscribeHandlers,
   type Subscription,
 } from './types';
+
+/** create()'s answer for a new stream: one object for all of them. */
+const CLAIMED: Claim = Object.freeze({ created: true as const });
 
 // A stream's events are kept compactly: each one a number (its text's length and its kind) and
 // its text, joined with its neighbours' BLOCK at a time. A token then costs about its characters
@@ -97,7 +101,7 @@ export class MemoryJournalStore implements JournalStore {
   // No copy of the request body: only another process could continue a stream from it (this
   // journal is not shared, so nothing hands off), and no budget counts it: a 100 KB prompt with a
   // short answer was kept for the whole TTL at a charge of one event's bytes.
-  async create(id: string, fingerprint: string) {
+  create(id: string, fingerprint: string): Claim {
     const existing = this.live(id);
     if (existing) return { created: false as const, meta: metaOf(existing) };
     const orphan = this.orphanMeta(id);
@@ -112,7 +116,7 @@ export class MemoryJournalStore implements JournalStore {
       expiresAt: Date.now() + this.limits.ttlMs,
       subscribers: undefined,
     });
-    return { created: true as const };
+    return CLAIMED;
   }
 
   async meta(id: string) {

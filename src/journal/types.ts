@@ -50,15 +50,18 @@ export interface Subscription {
   close(): void;
 }
 
+/** What create() answers: the id is this stream's now, or it was taken (and by what). */
+export type Claim = { created: true } | { created: false; meta: StreamMeta };
+
 export interface JournalStore {
   /** True when other processes see this journal (Redis): only then can a stream be handed off. */
   readonly shared: boolean;
-  /** Claim `id` for a new stream, atomically. If it exists, its meta comes back instead. */
-  create(
-    id: string,
-    fingerprint: string,
-    request?: string,
-  ): Promise<{ created: true } | { created: false; meta: StreamMeta }>;
+  /**
+   * Claim `id` for a new stream, atomically. If it exists, its meta comes back instead. A store
+   * that can answer at once (the in-memory one) returns the claim itself, not a promise: the
+   * route then starts the upstream request in the same turn (docs/BENCHMARKS.md).
+   */
+  create(id: string, fingerprint: string, request?: string): Claim | Promise<Claim>;
   meta(id: string): Promise<StreamMeta | undefined>;
   /**
    * Append events (called once per upstream read, not per token). Fire and forget, in order.

@@ -108,7 +108,10 @@ export function chatStreamRouter(
     }
     service.admit();
     if (headOnly) return sinkFor(res, parsed, requestId).head();
-    const claim = await journal.create(requestId, fingerprint, request);
+    // The in-memory journal answers at once: no await, so nothing queued meanwhile (the ticks
+    // of the request's own stream ending, for one) runs before the upstream request is sent.
+    const claiming = journal.create(requestId, fingerprint, request);
+    const claim = claiming instanceof Promise ? await claiming : claiming;
     if (!claim.created) {
       // Lost a race with a concurrent request carrying the same id.
       if (claim.meta.fingerprint !== fingerprint) {

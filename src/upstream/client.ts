@@ -91,6 +91,12 @@ const NO_HEADERS = {} as AxiosResponse['headers'];
 
 function ignore(): void {}
 
+/** Axios's response (its data the raw body stream) as the engine takes it. */
+function upstreamResponse(res: AxiosResponse): UpstreamResponse {
+  const stream = res.data as IncomingMessage;
+  return { status: res.status, headers: stream.headers, body: stream };
+}
+
 /** Destroy the request if its fresh socket has not connected within `ms`. */
 function armConnectLimit(
   req: http.ClientRequest,
@@ -207,17 +213,14 @@ export function createUpstreamClient(opts: UpstreamClientOptions): UpstreamClien
   for (const key of Object.keys(defaults)) if (key !== 'adapter') delete defaults[key];
 
   return {
-    async post(path, body, abort) {
+    post(path, body, abort) {
       const data = typeof body === 'string' ? body : JSON.stringify(body);
       // request(), not post(): post() merges its arguments into a config once more first.
-      const res = await instance.request({
-        method: 'post',
-        url: path,
-        data,
-        upstreamAbort: abort,
-      } as object);
-      const stream = res.data as IncomingMessage;
-      return { status: res.status, headers: stream.headers, body: stream };
+      // Not an async function: its own promise and await were one more microtask between the
+      // response's headers and the engine.
+      return instance
+        .request({ method: 'post', url: path, data, upstreamAbort: abort } as object)
+        .then(upstreamResponse);
     },
     close() {
       httpAgent.destroy();

@@ -174,7 +174,13 @@ describe('a /chat-stream request and a drain that begins while its journal entry
       const service = stack.app.service;
       const admit = service.admit.bind(service);
       // SIGTERM lands while the route awaits journal.create() (a Redis round trip in
-      // production): the drain finds nothing active and is over at once.
+      // production): the drain finds nothing active and is over at once. The in-memory store
+      // claims at once, with no wait to land in: here its claim comes as a promise, as Redis's.
+      const journal = stack.app.journal;
+      const create = journal.create.bind(journal);
+      const claimSpy = jest
+        .spyOn(journal, 'create')
+        .mockImplementation((...args) => Promise.resolve(create(...args)));
       const spy = jest.spyOn(service, 'admit').mockImplementation((more = 0) => {
         admit(more);
         if (!service.draining) queueMicrotask(() => void service.drain(0));
@@ -185,6 +191,7 @@ describe('a /chat-stream request and a drain that begins while its journal entry
         body: JSON.stringify({ prompt: 'drained c [[tokens=20]]', thinking: false }),
       });
       spy.mockRestore();
+      claimSpy.mockRestore();
       expect(res.status).toBe(503);
       expect(JSON.parse(res.body).error.code).toBe('shutting_down');
       expect(

@@ -94,6 +94,27 @@ describe('MemoryJournalStore with live streams', () => {
   });
 });
 
+describe('MemoryJournalStore claims at once', () => {
+  it('answers create() with the claim itself, not a promise, taken or not', () => {
+    const store = new MemoryJournalStore({
+      ttlMs: 60_000,
+      maxBytesPerStream: 1000,
+      maxBytesTotal: 10_000,
+    });
+    try {
+      // The route sends the upstream request in the same turn when the claim is not a promise.
+      const first = store.create('C', 'fc');
+      expect(first).not.toBeInstanceOf(Promise);
+      expect(first).toEqual({ created: true });
+      const again = store.create('C', 'other');
+      expect(again).not.toBeInstanceOf(Promise);
+      expect(again).toMatchObject({ created: false, meta: { id: 'C', fingerprint: 'fc' } });
+    } finally {
+      store.shutdown();
+    }
+  });
+});
+
 describe('MemoryJournalStore keeps texts joined in blocks', () => {
   let store: MemoryJournalStore;
   afterEach(() => store?.shutdown());

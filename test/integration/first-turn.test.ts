@@ -1,0 +1,68 @@
+// With the in-memory journal, a new stream's upstream request goes out in the event-loop turn its
+// request arrived in: the route does not await the journal's claim, so what was queued meanwhile
+// (the ticks of the request's own body stream ending, for one) runs after it, not on the path to
+// the first token (docs/BENCHMARKS.md, "Changes since the 13:06 run").
+
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { PassThrough } from 'node:stream';
+import { createApp } from '../../src/app';
+import { testConfig } from '../../src/config';
+import { createLogger } from '../../src/log';
+import type { UpstreamClient } from '../../src/upstream/client';
+
+const ANSWER =
+  'data: {"choices":[{"index":0,"delta":{"content":"same turn"},"finish_reason":null}]}\n\n' +
+  'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n' +
+  'data: [DONE]\n\n';
+
+it('sends a new stream upstream before the ticks queued as its request came in', async () => {
+  let ticked = false;
+  const tickedAtPost: boolean[] = [];
+  const client: UpstreamClient = {
+    post: () => {
+      tickedAtPost.push(ticked);
+      const body = new PassThrough();
+      body.end(ANSWER);
+      return Promise.resolve({
+        status: 200,
+        headers: { 'content-type': 'text/event-stream' },
+        body,
+      });
+    },
+    close: () => undefined,
+  };
+  // The request rate limit and the per-client stream cap await their stores before the route:
+  // both off here, as in the bench (one client) or behind a gateway that does the limiting, so
+  // what is tested is the route's own path to the upstream request.
+  const app = createApp(
+    testConfig({
+      useSimulator: false,
+      deepseekApiKey: 'sk-test',
+      rateLimitMax: 0,
+      maxStreamsPerClient: 0,
+    }),
+    { client, logger: createLogger('silent') },
+  );
+  const server = http.createServer((req, res) => {
+    ticked = false;
+    process.nextTick(() => {
+      ticked = true;
+    });
+    app(req, res);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const { port } = server.address() as AddressInfo;
+    for (const format of ['text', 'sse']) {
+      const res = await fetch(`http://127.0.0.1:${port}/chat-stream?prompt=hi&format=${format}`);
+      expect(res.status).toBe(200);
+      expect(await res.text()).toContain('same turn');
+    }
+    expect(tickedAtPost).toEqual([false, false]);
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    await app.close();
+  }
+});
