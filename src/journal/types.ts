@@ -51,7 +51,9 @@ export interface Subscription {
 }
 
 /** What create() answers: the id is this stream's now, or it was taken (and by what). */
-export type Claim = { created: true } | { created: false; meta: StreamMeta };
+export type Claim =
+  | { readonly created: true }
+  | { readonly created: false; readonly meta: StreamMeta };
 
 export interface JournalStore {
   /** True when other processes see this journal (Redis): only then can a stream be handed off. */
@@ -61,7 +63,7 @@ export interface JournalStore {
    * that can answer at once (the in-memory one) returns the claim itself, not a promise: the
    * route then starts the upstream request in the same turn (docs/BENCHMARKS.md).
    */
-  create(id: string, fingerprint: string, request?: string): Claim | Promise<Claim>;
+  create(id: string, fingerprint: string, request?: string): Claim | PromiseLike<Claim>;
   meta(id: string): Promise<StreamMeta | undefined>;
   /**
    * Append events (called once per upstream read, not per token). Fire and forget, in order.

@@ -111,7 +111,7 @@ export function chatStreamRouter(
     // The in-memory journal answers at once: no await, so nothing queued meanwhile (the ticks
     // of the request's own stream ending, for one) runs before the upstream request is sent.
     const claiming = journal.create(requestId, fingerprint, request);
-    const claim = claiming instanceof Promise ? await claiming : claiming;
+    const claim = isThenable(claiming) ? await claiming : claiming;
     if (!claim.created) {
       // Lost a race with a concurrent request carrying the same id.
       if (claim.meta.fingerprint !== fingerprint) {
@@ -516,6 +516,14 @@ class NewStream implements RecorderOptions, RunMeta, ResponseWatcher {
     // behind another never had a socket: its head never left Node's buffer.
     this.recorder.detach(this.clientChoseId || (this.sink.headSent && this.res.socket !== null));
   }
+}
+
+/**
+ * A promise, from any realm or library (not only `instanceof Promise`): a store passed in through
+ * createApp's options may hand back any thenable.
+ */
+function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
+  return typeof (x as { then?: unknown }).then === 'function';
 }
 
 /** What identifies a request's upstream body: X-Request-ID reuse must bring the same one. */

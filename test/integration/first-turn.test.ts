@@ -8,6 +8,8 @@ import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { createApp } from '../../src/app';
 import { testConfig } from '../../src/config';
+import { MemoryJournalStore } from '../../src/journal/memory-store';
+import type { Claim, JournalStore } from '../../src/journal/types';
 import { createLogger } from '../../src/log';
 import type { UpstreamClient } from '../../src/upstream/client';
 
@@ -64,5 +66,66 @@ it('sends a new stream upstream before the ticks queued as its request came in',
     server.closeAllConnections();
     await new Promise<void>((r) => server.close(() => r()));
     await app.close();
+  }
+});
+
+it('awaits a claim that comes as any thenable, not only a native promise', async () => {
+  // A store passed in through createApp's options (Redis's is one) may answer with a thenable
+  // of another library or realm: `instanceof Promise` would take it for the claim itself.
+  const inner = new MemoryJournalStore({
+    ttlMs: 60_000,
+    maxBytesPerStream: 100_000,
+    maxBytesTotal: 1_000_000,
+  });
+  const journal = Object.assign(Object.create(inner) as MemoryJournalStore, {
+    create(id: string, fingerprint: string): PromiseLike<Claim> {
+      return {
+        then(onClaim, onError) {
+          return Promise.resolve()
+            .then(() => inner.create(id, fingerprint))
+            .then(onClaim, onError);
+        },
+      };
+    },
+  }) as JournalStore;
+  let posts = 0;
+  const client: UpstreamClient = {
+    post: () => {
+      posts++;
+      const body = new PassThrough();
+      body.end(ANSWER);
+      return Promise.resolve({
+        status: 200,
+        headers: { 'content-type': 'text/event-stream' },
+        body,
+      });
+    },
+    close: () => undefined,
+  };
+  const app = createApp(testConfig({ useSimulator: false, deepseekApiKey: 'sk-test' }), {
+    client,
+    journal,
+    logger: createLogger('silent'),
+  });
+  const server = http.createServer(app);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const { port } = server.address() as AddressInfo;
+    const url = `http://127.0.0.1:${port}/chat-stream?prompt=hi&format=text`;
+    const headers = { 'x-request-id': 'thenable-1' };
+    const first = await fetch(url, { headers });
+    expect(first.status).toBe(200);
+    expect(await first.text()).toBe('same turn');
+    // The same id again: the claim is refused (a thenable of { created: false }), and the
+    // stream is replayed from the journal, not generated twice.
+    const again = await fetch(url, { headers });
+    expect(again.status).toBe(200);
+    expect(await again.text()).toBe('same turn');
+    expect(posts).toBe(1);
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    await app.close();
+    inner.shutdown();
   }
 });
