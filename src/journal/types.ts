@@ -52,8 +52,7 @@ export interface Subscription {
 
 /** What create() answers: the id is this stream's now, or it was taken (and by what). */
 export type Claim =
-  | { readonly created: true }
-  | { readonly created: false; readonly meta: StreamMeta };
+  { readonly created: true } | { readonly created: false; readonly meta: StreamMeta };
 
 export interface JournalStore {
   /** True when other processes see this journal (Redis): only then can a stream be handed off. */
