@@ -12,28 +12,30 @@ import { MemoryJournalStore } from '../../src/journal/memory-store';
 import type { Claim, JournalStore } from '../../src/journal/types';
 import { createLogger } from '../../src/log';
 import type { UpstreamClient } from '../../src/upstream/client';
+import { eventStreamClient } from '../helpers/engine';
 
 const ANSWER =
   'data: {"choices":[{"index":0,"delta":{"content":"same turn"},"finish_reason":null}]}\n\n' +
   'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n' +
   'data: [DONE]\n\n';
 
+/** An upstream that answers ANSWER up to `answers` times, calling `onPost` on every request. */
+function watchedClient(answers: number, onPost: () => void): UpstreamClient {
+  const bodies = Array.from({ length: answers }, () => new PassThrough().end(ANSWER));
+  const inner = eventStreamClient(...bodies);
+  return {
+    post: (...args) => {
+      onPost();
+      return inner.post(...args);
+    },
+    close: () => inner.close(),
+  };
+}
+
 it('sends a new stream upstream before the ticks queued as its request came in', async () => {
   let ticked = false;
   const tickedAtPost: boolean[] = [];
-  const client: UpstreamClient = {
-    post: () => {
-      tickedAtPost.push(ticked);
-      const body = new PassThrough();
-      body.end(ANSWER);
-      return Promise.resolve({
-        status: 200,
-        headers: { 'content-type': 'text/event-stream' },
-        body,
-      });
-    },
-    close: () => undefined,
-  };
+  const client = watchedClient(2, () => tickedAtPost.push(ticked));
   // The request rate limit and the per-client stream cap await their stores before the route:
   // both off here, as in the bench (one client) or behind a gateway that does the limiting, so
   // what is tested is the route's own path to the upstream request.
@@ -89,19 +91,7 @@ it('awaits a claim that comes as any thenable, not only a native promise', async
     },
   }) as JournalStore;
   let posts = 0;
-  const client: UpstreamClient = {
-    post: () => {
-      posts++;
-      const body = new PassThrough();
-      body.end(ANSWER);
-      return Promise.resolve({
-        status: 200,
-        headers: { 'content-type': 'text/event-stream' },
-        body,
-      });
-    },
-    close: () => undefined,
-  };
+  const client = watchedClient(2, () => posts++);
   const app = createApp(testConfig({ useSimulator: false, deepseekApiKey: 'sk-test' }), {
     client,
     journal,
